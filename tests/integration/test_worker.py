@@ -1,0 +1,169 @@
+"""Detection workers against the real broker and the real model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import cv2
+import pytest
+from kafka import KafkaProducer
+
+from traffic.settings import KafkaSettings, TopicSettings
+from traffic.wire import FrameHeaders
+
+from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
+
+import ultralytics
+
+BUS = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+
+
+@pytest.fixture(scope="module")
+def model(shared: Path) -> Path:
+    path = shared / "models" / "yolo11n_int8_openvino_model"
+    if not path.exists():
+        pytest.skip(f"shared model not found at {path}")
+    return path
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            return proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+    return proc.returncode
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+
+
+def test_shared_model_finds_one_bus_and_four_persons(model: Path) -> None:
+    from workers.detector import Detector, DetectorSettings
+
+    detector = Detector(DetectorSettings(model=str(model)))
+    (found,) = detector.detect([cv2.imread(str(BUS))])
+    labels = sorted(d.label for d in found)
+    assert labels == ["bus", "person", "person", "person", "person"]
+    assert all(0 <= v <= 1 for d in found for v in d.box)
+
+
+def test_every_frame_gets_an_event_with_cars(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                             shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 60)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 60)
+        assert _metric(port, "traffic_worker_model_loaded") == 1
+    finally:
+        assert _stop(proc) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    assert {e.seq for e in events if e.session == session} == set(range(60))
+    assert all(e.camera == "cam-demo" and e.width == 640 for e in events)
+    cars = [sum(d.label == "car" for d in e.detections) for e in events]
+    assert min(cars) >= 3, "the sample view always shows parked cars"
+
+
+def test_two_workers_split_partitions_and_produce_every_event(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                              shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 20)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    workers = [start_worker(kafka_settings, topic_settings, model, tmp_path / f"w{i}.log", group) for i in range(2)]
+    try:
+        time.sleep(8)  # both join the group before the frames arrive
+        cameras = [f"cam-{i}" for i in range(8)]  # 8 keys spread over the 4 partitions
+        for camera in cameras:
+            publish_frames(kafka_settings, topic_settings.frames, jpegs, camera=camera)
+        events = read_events(kafka_settings, topic_settings.detections, 8 * 20, timeout_s=180)
+        per_worker = [_metric(port, "traffic_worker_frames_in_total") for _, port in workers]
+    finally:
+        for proc, _ in workers:
+            _stop(proc)
+    assert {(e.camera, e.seq) for e in events} == {(c, s) for c in cameras for s in range(20)}
+    assert all(n > 0 for n in per_worker), f"one worker got no partition: {per_worker}"
+
+
+def test_kill_9_mid_stream_then_restart_loses_no_frame(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                        shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 120)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _metric(port, "traffic_worker_events_out_total") >= 40:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 120, timeout_s=180)
+    finally:
+        _stop(proc2)
+    assert {e.seq for e in events if e.session == session} == set(range(120)), "a frame lost its event"
+
+
+def test_bad_frames_go_to_the_dlq_and_the_worker_goes_on(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                         shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    good = video_jpegs(shared / "videos" / "intersection.mp4", 3)
+    headers = FrameHeaders("cam-demo", "demo-intersection", "sbad", 0, int(time.time() * 1000), 640, 480).to_kafka()
+    garbage = [(k, b"not-a-number") if k == "seq" else (k, v) for k, v in headers]
+    producer = KafkaProducer(**kafka_settings.kafka_python(), acks="all", max_request_size=4 * 1024 * 1024)
+    bad = [
+        (b"\xff\xd8 this is not really a jpeg \xff\xd9", headers, "undecodable"),  # corrupt JPEG
+        (good[0][: len(good[0]) // 2], headers, "undecodable"),  # truncated JPEG
+        (good[0], None, "missing_header"),  # a frame without headers
+        (good[0], garbage, "bad_header"),  # garbage header values
+        (b"\x00" * 100, headers, "undecodable"),  # garbage value
+    ]
+    for value, hdrs, _ in bad:
+        producer.send(topic_settings.frames, key=b"cam-demo", value=value, headers=hdrs)
+    producer.flush()
+    producer.close()
+    session = publish_frames(kafka_settings, topic_settings.frames, good)
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}",
+                              {"TRAFFIC_WORKER_SITE_CONFIG": ""})  # fmt: skip
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 3)
+        dead = read_raw(kafka_settings, topic_settings.dlq, len(bad))
+        dlq_metric = _metric(port, "traffic_worker_dlq_total")
+        assert proc.poll() is None, "the worker must keep running"
+    finally:
+        _stop(proc)
+    assert {e.seq for e in events if e.session == session} == {0, 1, 2}
+    reasons = [dict(r.headers)["reason"].decode() for r in dead]
+    assert sorted(reasons) == sorted(reason for _, _, reason in bad)
+    assert all(dict(r.headers)["stage"] == b"worker" for r in dead)
+    assert sorted(r.value for r in dead) == sorted(v for v, _, _ in bad), "DLQ keeps the input unchanged"
+    assert dlq_metric == len(bad)
+
+
+def test_unknown_camera_goes_to_the_dlq(kafka_settings: KafkaSettings, topic_settings: TopicSettings, shared: Path,
+                                        model: Path, demo_site_file: Path, tmp_path: Path) -> None:  # fmt: skip
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 2)
+    publish_frames(kafka_settings, topic_settings.frames, jpegs, camera="cam-nobody-knows")
+    known = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+    proc, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}",
+                           {"TRAFFIC_WORKER_SITE_CONFIG": str(demo_site_file)})  # fmt: skip
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 2)
+        dead = read_raw(kafka_settings, topic_settings.dlq, 2)
+    finally:
+        _stop(proc)
+    assert {(e.camera, e.session) for e in events} == {("cam-demo", known)}
+    assert [dict(r.headers)["reason"] for r in dead] == [b"unknown_camera"] * 2

@@ -1,0 +1,118 @@
+"""The one adapter between Ultralytics YOLO and the project's ``Detection`` type.
+
+Only this module imports ultralytics for detection; the worker, the offline ``count`` command and
+the benchmarks all call :meth:`Detector.detect`, so the same frame gives the same detections
+everywhere. Ultralytics models are not thread-safe: one ``Detector`` per thread, created in it.
+
+Batching: a list of frames is one batch of its length whatever ``batch=`` says (PITFALLS), so
+long lists are split into ``batch_size`` chunks. Static-batch exports (the shared OpenVINO model
+is batch 1) are run frame by frame by Ultralytics, so batch composition cannot change results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from traffic.errors import ConfigError
+from traffic.wire import Detection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What model to run and how.
+
+    Attributes:
+        model: Ultralytics model name (``yolo26n.pt``; downloaded where online) or a path.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        half: FP16; only used on CUDA (CPU and OpenVINO run FP32/INT8 as exported).
+        classes: class names to keep; unknown names are a ConfigError.
+        conf: confidence threshold in [0, 1].
+        iou: NMS IoU threshold.
+        imgsz: inference size in pixels.
+        batch_size: frames per model call.
+    """
+
+    model: str
+    device: str = "cpu"
+    half: bool = False
+    classes: tuple[str, ...] = field(default=DEFAULT_CLASSES)
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int = 640
+    batch_size: int = 8
+
+
+def resolve_device(device: str) -> str:
+    """Validate the device; ConfigError when CUDA is asked for but absent."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine (use TRAFFIC_WORKER_DEVICE=cpu)")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return f"cuda:{index}"
+
+
+class Detector:
+    """YOLO on BGR frames -> tuples of :class:`traffic.wire.Detection` with normalized boxes."""
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        from ultralytics import YOLO
+
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.half = settings.half and self.device.startswith("cuda")
+        # Ultralytics 8.4 folded `half=True` into `quantize=16`; FP32 is the default (no argument).
+        self._precision: dict[str, int] = {"quantize": 16} if self.half else {}
+        started = time.monotonic()
+        try:
+            self.model = YOLO(settings.model, task="detect")
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"cannot load model {settings.model!r}: {exc}") from None
+        names: dict[int, str] = dict(self.model.names)
+        by_name = {name: idx for idx, name in names.items()}
+        unknown = [c for c in settings.classes if c not in by_name]
+        if unknown:
+            raise ConfigError(f"classes {unknown} are not in the model's vocabulary ({len(by_name)} classes, e.g. {list(by_name)[:8]})")
+        self.names = names
+        self.class_ids = sorted(by_name[c] for c in settings.classes)
+        path = Path(settings.model)
+        self.model_name = path.name if path.exists() else settings.model
+        # One warm-up call: the first inference compiles/allocates, which must not count as a frame's latency.
+        self.detect([np.zeros((64, 64, 3), dtype=np.uint8)])
+        log.info("model loaded", extra={"model": self.model_name, "device": self.device, "half": self.half,
+                                        "load_s": round(time.monotonic() - started, 2)})  # fmt: skip
+
+    def detect(self, frames: list[np.ndarray]) -> list[tuple[Detection, ...]]:
+        """Detect objects in BGR frames; output aligned with the input, boxes normalized per frame."""
+        out: list[tuple[Detection, ...]] = []
+        size = self.settings.batch_size
+        for start in range(0, len(frames), size):
+            chunk = frames[start : start + size]
+            results = self.model.predict(
+                chunk, imgsz=self.settings.imgsz, conf=self.settings.conf, iou=self.settings.iou, classes=self.class_ids,
+                device=self.device, verbose=False, batch=len(chunk), **self._precision,
+            )  # fmt: skip
+            for result in results:
+                boxes = result.boxes
+                xyxyn = np.clip(boxes.xyxyn.cpu().numpy().astype(float), 0.0, 1.0)
+                cls = boxes.cls.cpu().numpy().astype(int)
+                conf = boxes.conf.cpu().numpy().astype(float)
+                out.append(tuple(
+                    Detection(class_id=int(c), label=self.names[int(c)], confidence=float(round(s, 4)),
+                              box=tuple(float(round(v, 5)) for v in box))  # type: ignore[arg-type]
+                    for box, c, s in zip(xyxyn, cls, conf)
+                ))  # fmt: skip
+        return out

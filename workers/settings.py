@@ -1,0 +1,42 @@
+"""Settings of the detection worker (environment prefix ``TRAFFIC_WORKER_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CLASSES = "car,bus,truck,motorcycle,bicycle,person"
+
+
+class WorkerSettings(BaseSettings):
+    """How a worker consumes frames and runs the model (``TRAFFIC_WORKER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAFFIC_WORKER_", extra="forbid", protected_namespaces=())
+
+    model: str = Field(default="yolo26n.pt", description="Ultralytics model name (downloaded where online) or path (e.g. an OpenVINO export dir)")
+    device: str = Field(default="cpu", description="cpu, cuda, or cuda:N")
+    half: bool = Field(default=False, description="FP16 inference; honoured on CUDA only")
+    classes: str = Field(default=DEFAULT_CLASSES, description="comma list of class names to keep (model vocabulary)")
+    conf: float = Field(default=0.25, ge=0, le=1, description="confidence threshold")
+    iou: float = Field(default=0.7, ge=0, le=1, description="NMS IoU threshold")
+    imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (pixels)")
+    batch_size: int = Field(default=8, ge=1, le=256, description="frames per inference batch (also max_poll_records)")
+    max_wait_ms: int = Field(default=50, ge=0, le=10_000, description="longest wait to fill a batch once its first frame arrived (ms)")
+    group_id: str = Field(default="traffic-workers", min_length=1, description="consumer group; KEDA scales on its lag")
+    metrics_port: int = Field(default=9102, ge=0, le=65535, description="port of /metrics /healthz /readyz (0 = any free)")
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000, description="Kafka max_poll_interval_ms; batches are sized to stay far below it")
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger frames go to the DLQ (reason oversized)")
+    site_config: str = Field(default="", description="site YAML; when set, frames of unknown cameras go to the DLQ (empty = accept every camera)")
+    publish_timeout_s: float = Field(default=60.0, gt=0, description="wait this long for the broker to acknowledge a batch's events before retrying it (s)")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError("device must be cpu, cuda or cuda:N")
+        return value
+
+    def class_names(self) -> tuple[str, ...]:
+        """The classes to keep as a tuple."""
+        return tuple(c.strip() for c in self.classes.split(",") if c.strip())
