@@ -1,0 +1,334 @@
+"""Publish encoded frames to ``traffic.frames`` with kafka-python: one producer, many cameras.
+
+Per camera a bounded buffer sits in front of the producer. Live cameras drop the *oldest* frame
+when it is full (``buffer_full``): after an outage the newest pictures matter. Files played as
+fast as possible block instead, so nothing is lost and runs stay deterministic.
+
+Sequence numbers are given when a frame is handed to the producer, never earlier, so frames
+dropped from the buffer leave no gap: ``seq`` is 0, 1, 2, ... per (camera, session). The producer
+is idempotent with ``acks=all`` and retries until ``delivery_timeout_ms``; if a frame still fails,
+that camera's session is closed and the next frame starts a new session at seq 0 (frames of the
+old session already in flight behind the failed one may then be missing too; the aggregator treats
+a session as ended when a new one starts).
+
+At most ``max_unacked_frames`` per camera wait for acknowledgement; beyond that frames stay in the
+bounded buffer, so a broker outage costs bounded memory. While the broker is unreachable at start
+the producer is re-created with backoff; ``/readyz`` reports ``kafka`` not ready meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from ingest.backoff import Backoff
+from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
+from traffic.health import Health
+from traffic.settings import KafkaSettings
+from traffic.wire import FrameHeaders
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PRODUCER_MAX_BLOCK_MS = 2000  # send() waits this long for metadata; the sender thread must stay responsive
+
+
+class DropOldestBuffer(Generic[T]):
+    """A bounded FIFO; a put on a full buffer pushes out the oldest item (or blocks). Thread-safe."""
+
+    def __init__(self, maxlen: int) -> None:
+        assert maxlen >= 1
+        self.maxlen = maxlen
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: T, block: bool = False, stop: threading.Event | None = None) -> int:
+        """Append ``item``; return how many old items were dropped to make room (0 or 1).
+
+        With ``block`` it waits for room instead and drops nothing; if ``stop`` is set while
+        waiting, ``item`` itself is not added and 1 is returned.
+        """
+        with self._cond:
+            if block:
+                while len(self._items) >= self.maxlen:
+                    if stop is not None and stop.is_set():
+                        return 1
+                    self._cond.wait(0.05)
+            dropped = 0
+            while len(self._items) >= self.maxlen:
+                self._items.popleft()
+                dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return dropped
+
+    def put_front(self, item: T) -> None:
+        """Put back an item that could not be sent, ahead of the others (may exceed maxlen by one)."""
+        with self._cond:
+            self._items.appendleft(item)
+            self._cond.notify_all()
+
+    def get_nowait(self) -> T | None:
+        """The oldest item, or None when empty."""
+        with self._cond:
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def clear(self) -> int:
+        """Remove everything; return how many items were removed."""
+        with self._cond:
+            count = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return count
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+@dataclass(slots=True)
+class OutgoingFrame:
+    """An encoded frame waiting for its sequence number and the producer."""
+
+    camera: str
+    intersection: str
+    session: str
+    capture_ms: int
+    width: int
+    height: int
+    jpeg: bytes
+
+
+@dataclass
+class _CameraQueue:
+    camera: str
+    buffer: DropOldestBuffer[OutgoingFrame]
+    lossless: bool = False
+    source_session: str = ""
+    session: str = ""
+    seq: int = 0
+    restarts: int = 0
+    broken: bool = False
+    unacked: int = 0
+    handed: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class FramePublisher:
+    """Sends frames of many cameras through one idempotent KafkaProducer on its own thread.
+
+    Lifecycle: ``add_camera`` for each camera, ``start()``, ``submit()`` from the camera threads,
+    ``close(deadline_s)`` to flush and stop (idempotent).
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        settings: IngestSettings,
+        metrics: IngestMetrics,
+        health: Health,
+    ) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._settings = settings
+        self._metrics = metrics
+        self._health = health
+        self._queues: dict[str, _CameraQueue] = {}
+        self._lock = threading.Lock()
+        self._work = threading.Event()
+        self._closing = threading.Event()
+        self._stopped = threading.Event()
+        self._producer: KafkaProducer | None = None
+        self._thread: threading.Thread | None = None
+        self._warned_send = False
+
+    # -- camera side ---------------------------------------------------------------------------
+    def add_camera(self, camera: str, lossless: bool = False) -> None:
+        """Create the buffer of ``camera``; call before ``start()``. ``lossless``: block instead of dropping."""
+        self._queues[camera] = _CameraQueue(camera, DropOldestBuffer(self._settings.buffer_frames), lossless=lossless)
+
+    def submit(self, frame: OutgoingFrame, stop: threading.Event | None = None) -> None:
+        """Queue a frame for sending (drop-oldest, or blocking in lossless mode until ``stop``)."""
+        queue = self._queues[frame.camera]
+        if queue.done.is_set():
+            return
+        dropped = queue.buffer.put(frame, block=queue.lossless, stop=stop)
+        if dropped:
+            self._metrics.dropped(frame.camera, "shutdown" if queue.lossless else "buffer_full", dropped)
+        self._work.set()
+
+    def camera_done(self, camera: str) -> bool:
+        """True once ``max_frames`` frames of ``camera`` were handed to the producer."""
+        return self._queues[camera].done.is_set()
+
+    def pending(self) -> int:
+        """Frames queued or waiting for acknowledgement, all cameras."""
+        with self._lock:
+            return sum(len(q.buffer) + q.unacked for q in self._queues.values())
+
+    @property
+    def connected(self) -> bool:
+        """True once a producer reached the broker."""
+        return self._producer is not None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "FramePublisher":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, deadline_s: float) -> None:
+        """Send what is queued and wait for acknowledgements until ``deadline_s`` passes, then stop.
+
+        Frames still queued after the deadline are counted as dropped (``shutdown``).
+        """
+        if self._thread is None or self._stopped.is_set():
+            return
+        deadline = time.monotonic() + deadline_s
+        self._closing.set()
+        self._work.set()
+        while time.monotonic() < deadline and self.pending() and self._producer is not None:
+            time.sleep(0.02)
+        self._stopped.set()
+        self._work.set()
+        self._thread.join(timeout=max(0.1, deadline - time.monotonic()) + PRODUCER_MAX_BLOCK_MS / 1000)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                producer.flush(timeout=remaining)
+            except KafkaError:
+                pass  # unacknowledged frames are counted below
+            producer.close(timeout=max(0.5, deadline - time.monotonic()))
+        for queue in self._queues.values():
+            left = queue.buffer.clear()
+            if left:
+                self._metrics.dropped(queue.camera, "shutdown", left)
+        log.info("publisher closed", extra={"unacked": sum(q.unacked for q in self._queues.values())})
+
+    # -- sender thread -------------------------------------------------------------------------
+    def _connect(self) -> KafkaProducer | None:
+        s = self._settings
+        try:
+            producer = KafkaProducer(
+                **self._kafka.kafka_python(),
+                client_id="traffic-ingest",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=s.linger_ms,
+                max_request_size=s.max_request_bytes,
+                delivery_timeout_ms=s.delivery_timeout_ms,
+                max_block_ms=PRODUCER_MAX_BLOCK_MS,
+                bootstrap_timeout_ms=s.bootstrap_timeout_ms,
+            )
+        except (KafkaError, OSError) as exc:
+            self._health.set("kafka", False, f"unreachable: {exc.__class__.__name__}")
+            log.warning("kafka unreachable; retrying", extra={"servers": self._kafka.bootstrap_servers, "error": exc.__class__.__name__})
+            return None
+        self._health.set("kafka", True)
+        log.info("kafka producer connected", extra={"servers": self._kafka.bootstrap_servers, "topic": self._topic})
+        return producer
+
+    def _run(self) -> None:
+        backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        while not self._stopped.is_set():
+            if self._producer is None:
+                producer = self._connect()
+                if producer is None:
+                    self._stopped.wait(backoff.next_s())
+                    continue
+                if self._stopped.is_set():  # close() gave up on us while we were connecting
+                    producer.close(timeout=0)
+                    break
+                self._producer = producer
+                backoff.reset()
+            self._work.clear()  # before looking at the queues: a submit from now on wakes the wait below
+            sent = 0
+            for queue in list(self._queues.values()):
+                if self._stopped.is_set():
+                    break
+                sent += self._send_one(queue)
+            if sent == 0:
+                self._work.wait(0.05)
+            elif sent < 0:
+                self._stopped.wait(backoff.next_s())
+            else:
+                backoff.reset()
+
+    def _send_one(self, queue: _CameraQueue) -> int:
+        """Hand at most one frame of ``queue`` to the producer: 1 sent, 0 nothing to do, -1 failed."""
+        max_frames = self._settings.max_frames
+        with self._lock:
+            if queue.unacked >= self._settings.max_unacked_frames:
+                return 0
+        if queue.done.is_set():
+            queue.buffer.clear()  # past max_frames: nothing more goes out for this camera
+            return 0
+        frame = queue.buffer.get_nowait()
+        if frame is None:
+            return 0
+        if frame.session != queue.source_session:
+            queue.source_session, queue.session, queue.seq, queue.broken = frame.session, frame.session, 0, False
+        elif queue.broken:
+            queue.restarts += 1
+            queue.session, queue.seq, queue.broken = f"{frame.session}-{queue.restarts}", 0, False
+            log.warning("session restarted after a failed delivery", extra={"camera": queue.camera, "session": queue.session})
+        headers = FrameHeaders(frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height)
+        assert self._producer is not None
+        try:
+            future = self._producer.send(
+                self._topic, key=frame.camera.encode(), value=frame.jpeg, headers=headers.to_kafka()
+            )
+        except KafkaError as exc:  # metadata not available (broker down before the first send, topic missing)
+            queue.buffer.put_front(frame)
+            self._health.set("kafka", False, f"send failed: {exc.__class__.__name__}")
+            if not self._warned_send:
+                log.warning("cannot send to kafka; retrying", extra={"camera": queue.camera, "topic": self._topic, "error": str(exc)})
+                self._warned_send = True
+            return -1
+        self._warned_send = False
+        queue.seq += 1
+        queue.handed += 1
+        with self._lock:
+            queue.unacked += 1
+        if max_frames and queue.handed >= max_frames:
+            queue.done.set()
+        started = time.monotonic()
+        future.add_callback(self._on_ack, queue, len(frame.jpeg), started)
+        future.add_errback(self._on_error, queue, headers.session, headers.seq)
+        return 1
+
+    def _on_ack(self, queue: _CameraQueue, size: int, started: float, _metadata: Any) -> None:
+        camera = queue.camera
+        self._metrics.frames_published.labels(camera).inc()
+        self._metrics.bytes_sent.labels(camera).inc(size)
+        self._metrics.publish_latency.labels(camera).observe(time.monotonic() - started)
+        with self._lock:
+            queue.unacked -= 1
+        self._health.set("kafka", True)
+        self._work.set()
+
+    def _on_error(self, queue: _CameraQueue, session: str, seq: int, exc: BaseException) -> None:
+        self._metrics.dropped(queue.camera, "publish_failed")
+        with self._lock:
+            queue.unacked -= 1
+        if session == queue.session:
+            queue.broken = True
+        self._health.set("kafka", False, f"delivery failed: {exc.__class__.__name__}")
+        log.warning("frame not delivered", extra={"camera": queue.camera, "session": session, "seq": seq, "error": str(exc)})
+        self._work.set()

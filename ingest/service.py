@@ -1,0 +1,288 @@
+"""The ingest service: one process, many cameras, one Kafka producer.
+
+Per camera a :class:`CameraRunner` thread owns the connection state machine::
+
+          +-----------+  open ok, first frame   +-----------+
+    ----> | connecting| ----------------------> | streaming |
+          +-----------+                         +-----------+
+             ^     | open failed                    | stream lost (read error / timeout)
+             |     v                                v
+          +--------------+  <-----------------------+
+          | backing_off  |   wait initial_s * 2^n (capped, jittered), then reconnect
+          +--------------+
+
+Every successful open starts a new *session* (12 hex chars) whose frames are numbered from 0 by
+the publisher; a file that loops starts a new session per pass. SIGTERM (:meth:`IngestService.stop`)
+stops reading at once and gives the publisher ``shutdown_deadline_s`` to flush what is queued.
+
+Readiness (``/readyz``): ``kafka`` - the producer reached the broker and the last send or
+acknowledgement succeeded; ``cameras`` - at least one camera is streaming or has finished its
+file. Liveness (``/healthz``): the supervising loop beats every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from ingest.backoff import Backoff
+from ingest.encoder import JpegEncoder
+from ingest.metrics import IngestMetrics
+from ingest.publisher import FramePublisher, OutgoingFrame
+from ingest.reader import FrameReader, LatestFrame
+from ingest.sampler import sample_file, sample_live
+from ingest.settings import IngestSettings
+from ingest.sources import SourceError, describe_source, file_path, is_live, open_source
+from traffic.errors import BadInput, ConfigError
+from traffic.health import Health, HealthServer
+from traffic.settings import KafkaSettings, TopicSettings
+from traffic.site import Site, load_site
+
+log = logging.getLogger(__name__)
+
+
+class CameraState(str, enum.Enum):
+    """Connection state of one camera (logged, and exposed through ``camera_up``)."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    BACKING_OFF = "backing_off"
+    FINISHED = "finished"
+
+
+def new_session_id() -> str:
+    """A fresh stream session id: 12 random hex characters (a valid wire identifier)."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    """What one runner serves. ``url`` may hold secrets: log ``describe_source(url)`` only."""
+
+    camera: str
+    intersection: str
+    url: str
+    fps: float
+    max_width: int
+    jpeg_quality: int
+
+    @property
+    def live(self) -> bool:
+        return is_live(self.url)
+
+
+def plan_cameras(site: Site, settings: IngestSettings) -> list[CameraPlan]:
+    """The cameras to serve: the chosen subset with source overrides applied; ConfigError on unknown ids."""
+    known = site.cameras()
+    wanted = settings.camera_ids() or list(known)
+    overrides = settings.source_overrides()
+    for camera_id in [*wanted, *overrides]:
+        if camera_id not in known:
+            raise ConfigError(f"camera {camera_id!r} is not in the site configuration (known: {', '.join(known)})")
+    plans = []
+    for camera_id in wanted:
+        intersection, camera = known[camera_id]
+        url = overrides.get(camera_id) or camera.resolved_source()
+        plans.append(CameraPlan(camera_id, intersection.id, url, camera.fps, camera.max_width, camera.jpeg_quality))
+    return plans
+
+
+class CameraRunner(threading.Thread):
+    """Connects one camera, streams it to the publisher, and reconnects with backoff until stopped."""
+
+    def __init__(
+        self,
+        plan: CameraPlan,
+        settings: IngestSettings,
+        publisher: FramePublisher,
+        metrics: IngestMetrics,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"camera-{plan.camera}", daemon=True)
+        self.plan = plan
+        self._settings = settings
+        self._publisher = publisher
+        self._metrics = metrics
+        self._stop_event = stop
+        self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality)
+        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self.state = CameraState.CONNECTING
+        self.sessions = 0
+        self._log = {"camera": plan.camera, "source": describe_source(plan.url)}
+
+    @property
+    def lossless(self) -> bool:
+        """Files played as fast as possible lose no frame (blocking hand-over instead of dropping)."""
+        return not self.plan.live and not self._settings.realtime
+
+    def _set_state(self, state: CameraState) -> None:
+        if state != self.state:
+            self.state = state
+            self._metrics.camera_up.labels(self.plan.camera).set(1 if state == CameraState.STREAMING else 0)
+            # connecting <-> backing_off flips at every retry: debug only; camera_up shows the outage
+            level = logging.INFO if state in (CameraState.STREAMING, CameraState.FINISHED) else logging.DEBUG
+            log.log(level, "camera state", extra={**self._log, "state": state.value})
+
+    def run(self) -> None:
+        attempt = 0
+        try:
+            while not self._stop_event.is_set() and not self._publisher.camera_done(self.plan.camera):
+                self._set_state(CameraState.CONNECTING)
+                if attempt:
+                    self._metrics.reconnects.labels(self.plan.camera).inc()
+                attempt += 1
+                outcome = self._session()
+                if outcome in ("stopped", "done") or (outcome == "eof" and not self._settings.loop):
+                    break
+                if outcome == "eof":  # looping file: the next pass is a new session, not a reconnect
+                    attempt = 0
+                    continue
+                self._set_state(CameraState.BACKING_OFF)
+                delay = self._backoff.next_s()
+                # warn at failures 1, 2, 4, 8, ... of an outage: visible, but no flood from a dead camera
+                level = logging.WARNING if self._backoff.attempts & (self._backoff.attempts - 1) == 0 else logging.DEBUG
+                extra = {**self._log, "reason": outcome, "wait_s": round(delay, 2), "failures": self._backoff.attempts}
+                log.log(level, "camera unavailable; backing off", extra=extra)
+                self._stop_event.wait(delay)
+        finally:
+            self._set_state(CameraState.FINISHED)
+
+    def _session(self) -> str:
+        """One connection: open, stream until it ends. Returns stopped / done / eof / a failure reason."""
+        plan, settings, camera = self.plan, self._settings, self.plan.camera
+        read = self._metrics.frames_read.labels(camera).inc
+        try:
+            source = open_source(plan.url, settings.open_timeout_ms, settings.read_timeout_ms)
+        except SourceError as exc:
+            return str(exc)
+        start_ms = int(time.time() * 1000)
+        start_mono = time.monotonic()
+        if source.live:
+            frames = sample_live(source, plan.fps, on_read=read, stop=self._stop_event)
+            pace = None
+        else:
+            frames = sample_file(file_path(plan.url), plan.fps, start_ms, on_read=read, source=source)
+            pace = (start_ms, start_mono) if settings.realtime else None
+        session = new_session_id()
+        self.sessions += 1
+        reader_stop = threading.Event()
+        slot = LatestFrame()
+        reader = FrameReader(
+            frames,
+            slot,
+            lossless=self.lossless,
+            pace_ms=pace,
+            on_sampled=self._metrics.frames_sampled.labels(camera).inc,
+            on_skipped=lambda: self._metrics.dropped(camera, "reader_skipped"),
+            stop=reader_stop,
+            name=f"reader-{camera}",
+        )
+        reader.start()
+        log.info("camera opened", extra={**self._log, "session": session, "source_fps": source.fps, "live": source.live})
+        outcome = ""
+        try:
+            while not outcome:
+                if self._stop_event.is_set():
+                    outcome = "stopped"
+                elif self._publisher.camera_done(camera):
+                    outcome = "done"
+                else:
+                    frame = slot.take(0.1)
+                    if frame is not None:
+                        self._set_state(CameraState.STREAMING)
+                        self._backoff.reset()
+                        self._publish(session, frame.capture_ms, frame.image)
+                    elif not reader.is_alive() and slot.empty():
+                        outcome = f"stream lost: {reader.error}" if reader.error else "eof"
+        finally:
+            reader_stop.set()
+            reader.join(timeout=settings.read_timeout_ms / 1000 + 1)
+        if outcome.startswith("stream lost"):
+            log.warning("camera stream lost", extra={**self._log, "session": session, "error": str(reader.error)})
+        return outcome
+
+    def _publish(self, session: str, capture_ms: int, image: object) -> None:
+        camera = self.plan.camera
+        try:
+            encoded = self._encoder.encode(image)  # type: ignore[arg-type]
+        except BadInput as exc:
+            self._metrics.dropped(camera, "encode_failed")
+            log.warning("frame not encodable", extra={"camera": camera, "error": str(exc)})
+            return
+        frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg)
+        self._publisher.submit(frame, stop=self._stop_event)
+
+
+class IngestService:
+    """Runs every planned camera and the publisher, serves metrics and health, stops cleanly.
+
+    Args:
+        settings: ingest settings.
+        kafka: broker connection.
+        topics: topic names (frames are published to ``topics.frames``).
+        site: an already-loaded site; else loaded from ``settings.site_path()``.
+        registry: metrics registry (default: a fresh one per service).
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        site: Site | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        site = site if site is not None else load_site(Path(settings.site_path()))
+        self.plans = plan_cameras(site, settings)
+        kafka.require_servers()
+        self.metrics = IngestMetrics(registry)
+        self.health = Health(checks=("kafka", "cameras"), stall_s=60.0)
+        self._stop = threading.Event()
+        self.publisher = FramePublisher(kafka, topics.frames, settings, self.metrics, self.health)
+        self.runners: list[CameraRunner] = []
+        for plan in self.plans:
+            runner = CameraRunner(plan, settings, self.publisher, self.metrics, self._stop)
+            self.metrics.add_camera(plan.camera)
+            self.publisher.add_camera(plan.camera, lossless=runner.lossless)
+            self.runners.append(runner)
+        self.server = HealthServer(self.health, settings.metrics_port, registry=self.metrics.registry)
+
+    def stop(self) -> None:
+        """Ask the service to stop (safe from a signal handler): stop reading, then flush."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until every camera has finished (files, ``max_frames``) or :meth:`stop`; 0 on a clean end."""
+        self.server.start()
+        self.publisher.start()
+        for runner in self.runners:
+            runner.start()
+        log.info("ingest started", extra={"cameras": [p.camera for p in self.plans], "realtime": self.settings.realtime})
+        try:
+            while not self._stop.is_set() and any(r.is_alive() for r in self.runners):
+                self.health.beat()
+                states = {r.state for r in self.runners}
+                ok = CameraState.STREAMING in states or all(s == CameraState.FINISHED for s in states)
+                self.health.set("cameras", ok, "no camera is streaming")
+                self._stop.wait(0.5)
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop the cameras, flush the publisher within ``shutdown_deadline_s``, stop the HTTP server."""
+        self._stop.set()
+        deadline = time.monotonic() + self.settings.shutdown_deadline_s
+        for runner in self.runners:
+            runner.join(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        self.publisher.close(max(0.5, deadline - time.monotonic()))
+        self.server.stop()
+        log.info("ingest stopped", extra={"sessions": {r.plan.camera: r.sessions for r in self.runners}})

@@ -1,0 +1,74 @@
+"""Settings of the ingest service (environment prefix ``TRAFFIC_INGEST_``).
+
+Which cameras exist, their sources, sampling fps and resize come from the site file
+(``traffic.site``); these settings say how this process serves them. ``traffic ingest --help``
+lists every field with its environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from traffic.errors import ConfigError
+
+
+class IngestSettings(BaseSettings):
+    """How the ingester reads cameras and publishes frames (``TRAFFIC_INGEST_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAFFIC_INGEST_", extra="forbid")
+
+    site_config: str = Field(default="", description="site YAML file; empty = use TRAFFIC_SITE_CONFIG")
+    cameras: str = Field(default="", description="comma list of camera ids to serve; empty = every camera of the site")
+    sources: str = Field(
+        default="",
+        description="source overrides as comma-separated camera=url pairs (e.g. for a test camera); may hold secrets, never logged",
+    )
+    metrics_port: int = Field(default=9101, ge=0, le=65535, description="port of /metrics /healthz /readyz (0 = any free port)")
+    buffer_frames: int = Field(default=8, ge=1, le=10_000, description="encoded frames queued per camera before the oldest is dropped")
+    realtime: bool = Field(default=True, description="play files at their own fps (true) or as fast as possible without dropping (false)")
+    loop: bool = Field(default=False, description="restart files at their end (each pass is a new session)")
+    open_timeout_ms: int = Field(default=10_000, gt=0, description="timeout to open a network source (ms)")
+    read_timeout_ms: int = Field(default=5_000, gt=0, description="a network source that delivers no frame for this long is reconnected (ms)")
+    backoff_initial_s: float = Field(default=0.5, gt=0, description="first wait before reconnecting a camera or the broker (s)")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnects (s); waits double up to it, with jitter")
+    shutdown_deadline_s: float = Field(default=10.0, gt=0, description="on SIGTERM, time allowed to flush queued frames to Kafka (s)")
+    max_frames: int = Field(default=0, ge=0, description="stop a camera after this many frames were published (0 = unlimited)")
+    max_unacked_frames: int = Field(default=64, ge=1, description="frames per camera handed to the producer but not yet acknowledged, at most")
+    linger_ms: int = Field(default=5, ge=0, description="producer linger (ms): small, frames are large")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="producer max_request_size (bytes); keep <= the frames topic max.message.bytes")
+    delivery_timeout_ms: int = Field(default=120_000, gt=0, description="a frame not acknowledged within this time is dropped and its session closed (ms)")
+    bootstrap_timeout_ms: int = Field(default=5_000, gt=0, description="each attempt to reach the broker at start waits this long (ms)")
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_s")
+        if initial is not None and value < initial:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return value
+
+    def site_path(self) -> str:
+        """The site file: ``site_config``, else ``TRAFFIC_SITE_CONFIG``; ConfigError if neither is set."""
+        path = self.site_config or os.environ.get("TRAFFIC_SITE_CONFIG", "")
+        if not path:
+            raise ConfigError("no site configuration: set TRAFFIC_INGEST_SITE_CONFIG, TRAFFIC_SITE_CONFIG or --site-config")
+        return path
+
+    def camera_ids(self) -> list[str]:
+        """The camera subset to serve (empty list = all)."""
+        return [c.strip() for c in self.cameras.split(",") if c.strip()]
+
+    def source_overrides(self) -> dict[str, str]:
+        """``camera=url`` pairs as a dict; ConfigError on a pair without ``=`` (the URL is not echoed)."""
+        overrides: dict[str, str] = {}
+        for number, pair in enumerate((p.strip() for p in self.sources.split(",")), start=1):
+            if not pair:
+                continue
+            camera, sep, url = pair.partition("=")
+            if not sep or not camera.strip() or not url.strip():
+                raise ConfigError(f"TRAFFIC_INGEST_SOURCES: pair {number} is not camera=url")
+            overrides[camera.strip()] = url.strip()
+        return overrides
