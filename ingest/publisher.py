@@ -110,6 +110,7 @@ class OutgoingFrame:
     width: int
     height: int
     jpeg: bytes
+    end: bool = False  # the session's end-of-session marker (empty value), see traffic.wire.FrameHeaders
 
 
 @dataclass
@@ -164,9 +165,9 @@ class FramePublisher:
     def submit(self, frame: OutgoingFrame, stop: threading.Event | None = None) -> None:
         """Queue a frame for sending (drop-oldest, or blocking in lossless mode until ``stop``)."""
         queue = self._queues[frame.camera]
-        if queue.done.is_set():
+        if queue.done.is_set() and not frame.end:
             return
-        dropped = queue.buffer.put(frame, block=queue.lossless, stop=stop)
+        dropped = queue.buffer.put(frame, block=queue.lossless, stop=stop or self._closing)
         if dropped:
             self._metrics.dropped(frame.camera, "shutdown" if queue.lossless else "buffer_full", dropped)
         self._work.set()
@@ -276,10 +277,9 @@ class FramePublisher:
         with self._lock:
             if queue.unacked >= self._settings.max_unacked_frames:
                 return 0
-        if queue.done.is_set():
-            queue.buffer.clear()  # past max_frames: nothing more goes out for this camera
-            return 0
         frame = queue.buffer.get_nowait()
+        while queue.done.is_set() and frame is not None and not frame.end:
+            frame = queue.buffer.get_nowait()  # past max_frames only the session's end marker still goes out
         if frame is None:
             return 0
         if frame.session != queue.source_session:
@@ -288,7 +288,11 @@ class FramePublisher:
             queue.restarts += 1
             queue.session, queue.seq, queue.broken = f"{frame.session}-{queue.restarts}", 0, False
             log.warning("session restarted after a failed delivery", extra={"camera": queue.camera, "session": queue.session})
-        headers = FrameHeaders(frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height)
+        if frame.end and frame.session != queue.source_session:
+            return 1  # the marker of a session none of whose frames went out: nothing to end
+        headers = FrameHeaders(
+            frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height, end=frame.end
+        )
         assert self._producer is not None
         try:
             future = self._producer.send(
@@ -303,21 +307,22 @@ class FramePublisher:
             return -1
         self._warned_send = False
         queue.seq += 1
-        queue.handed += 1
+        queue.handed += 0 if frame.end else 1
         with self._lock:
             queue.unacked += 1
         if max_frames and queue.handed >= max_frames:
             queue.done.set()
         started = time.monotonic()
-        future.add_callback(self._on_ack, queue, len(frame.jpeg), started)
+        future.add_callback(self._on_ack, queue, len(frame.jpeg), started, frame.end)
         future.add_errback(self._on_error, queue, headers.session, headers.seq)
         return 1
 
-    def _on_ack(self, queue: _CameraQueue, size: int, started: float, _metadata: Any) -> None:
+    def _on_ack(self, queue: _CameraQueue, size: int, started: float, marker: bool, _metadata: Any) -> None:
         camera = queue.camera
-        self._metrics.frames_published.labels(camera).inc()
-        self._metrics.bytes_sent.labels(camera).inc(size)
-        self._metrics.publish_latency.labels(camera).observe(time.monotonic() - started)
+        if not marker:  # the end-of-session marker is not a frame
+            self._metrics.frames_published.labels(camera).inc()
+            self._metrics.bytes_sent.labels(camera).inc(size)
+            self._metrics.publish_latency.labels(camera).observe(time.monotonic() - started)
         with self._lock:
             queue.unacked -= 1
         self._health.set("kafka", True)

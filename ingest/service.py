@@ -187,6 +187,7 @@ class CameraRunner(threading.Thread):
         reader.start()
         log.info("camera opened", extra={**self._log, "session": session, "source_fps": source.fps, "live": source.live})
         outcome = ""
+        last: OutgoingFrame | None = None
         try:
             while not outcome:
                 if self._stop_event.is_set():
@@ -198,26 +199,31 @@ class CameraRunner(threading.Thread):
                     if frame is not None:
                         self._set_state(CameraState.STREAMING)
                         self._backoff.reset()
-                        self._publish(session, frame.capture_ms, frame.image)
+                        last = self._publish(session, frame.capture_ms, frame.image) or last
                     elif not reader.is_alive() and slot.empty():
                         outcome = f"stream lost: {reader.error}" if reader.error else "eof"
         finally:
             reader_stop.set()
             reader.join(timeout=settings.read_timeout_ms / 1000 + 1)
+            if last is not None:  # whatever ended the session, say so in the stream (never blocks)
+                end = OutgoingFrame(camera, plan.intersection, session, last.capture_ms, last.width, last.height, b"", end=True)
+                self._publisher.submit(end)
         if outcome.startswith("stream lost"):
             log.warning("camera stream lost", extra={**self._log, "session": session, "error": str(reader.error)})
         return outcome
 
-    def _publish(self, session: str, capture_ms: int, image: object) -> None:
+    def _publish(self, session: str, capture_ms: int, image: object) -> OutgoingFrame | None:
+        """Encode and queue one frame; the frame, or None when it could not be encoded."""
         camera = self.plan.camera
         try:
             encoded = self._encoder.encode(image)  # type: ignore[arg-type]
         except BadInput as exc:
             self._metrics.dropped(camera, "encode_failed")
             log.warning("frame not encodable", extra={"camera": camera, "error": str(exc)})
-            return
+            return None
         frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg)
         self._publisher.submit(frame, stop=self._stop_event)
+        return frame
 
 
 class IngestService:

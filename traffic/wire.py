@@ -36,6 +36,7 @@ MAX_FRAME_SIDE = 16384
 # ----------------------------------------------------------------------------------------------
 
 FRAME_HEADER_NAMES = ("camera", "intersection", "session", "seq", "capture_ms", "width", "height")
+END_OF_SESSION_HEADER = "end-of-session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class FrameHeaders:
         capture_ms: capture time, epoch milliseconds.
         width: JPEG width in pixels.
         height: JPEG height in pixels.
+        end: True for the end-of-session marker: the last seq of a session, with an empty value,
+            sent when a stream ends (file done, stream lost, shutdown). It lets the aggregator end
+            the session's tracks by the data instead of by a wall-clock timeout, so a slow or
+            restarted worker never changes counts.
     """
 
     camera: str
@@ -59,19 +64,24 @@ class FrameHeaders:
     capture_ms: int
     width: int
     height: int
+    end: bool = False
 
     def to_kafka(self) -> list[tuple[str, bytes]]:
         """Headers as kafka-python / aiokafka want them."""
-        return [(name, str(getattr(self, name)).encode()) for name in FRAME_HEADER_NAMES] + [
-            ("content-type", b"image/jpeg")
-        ]
+        headers = [(name, str(getattr(self, name)).encode()) for name in FRAME_HEADER_NAMES]
+        if self.end:
+            return headers + [(END_OF_SESSION_HEADER, b"1")]
+        return headers + [("content-type", b"image/jpeg")]
 
     @classmethod
     def from_kafka(cls, headers: list[tuple[str, bytes]] | None) -> "FrameHeaders":
         """Parse and validate headers; raise ContractError naming the first bad one."""
         found: dict[str, str] = {}
+        end = False
         for name, value in headers or []:
-            if name in FRAME_HEADER_NAMES:
+            if name == END_OF_SESSION_HEADER:
+                end = value in (b"1", "1")
+            elif name in FRAME_HEADER_NAMES:
                 try:
                     found[name] = value.decode() if isinstance(value, bytes | bytearray) else str(value)
                 except UnicodeDecodeError as exc:
@@ -92,7 +102,7 @@ class FrameHeaders:
         for name in ("width", "height"):
             if not 0 < ints[name] <= MAX_FRAME_SIDE:
                 raise ContractError(f"frame header {name!r}={ints[name]} is out of range", "bad_header")
-        return cls(found["camera"], found["intersection"], found["session"], **ints)
+        return cls(found["camera"], found["intersection"], found["session"], **ints, end=end)
 
 
 def _check_identifier(name: str, value: str) -> None:
@@ -172,7 +182,10 @@ class Detection(BaseModel):
 
 
 class DetectionEvent(_Message):
-    """What a worker found in one frame (``traffic.detections``, key = camera id)."""
+    """What a worker found in one frame (``traffic.detections``, key = camera id).
+
+    ``end_of_session=True`` events carry the seq of the session's end marker and no detections.
+    """
 
     SCHEMA: ClassVar[str] = "traffic.detections.v1"
 
@@ -186,6 +199,7 @@ class DetectionEvent(_Message):
     height: int = Field(gt=0, le=MAX_FRAME_SIDE)
     detections: tuple[Detection, ...] = ()
     inference_ms: float | None = Field(default=None, ge=0)
+    end_of_session: bool = Field(default=False, description="the session's end marker: no frame, no detections; its tracks end here")
 
     @property
     def frame_key(self) -> tuple[str, str, int]:

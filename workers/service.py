@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Frame:
-    """A valid frame of the batch."""
+    """A valid frame of the batch; ``image`` is None for an end-of-session marker."""
 
     record: Any
     headers: FrameHeaders
-    image: np.ndarray
+    image: np.ndarray | None
 
 
 class _Revocations(ConsumerRebalanceListener):
@@ -156,8 +156,7 @@ class Worker:
             if self._pending and first_at is None:
                 first_at = time.monotonic()
             if first_at is None:
-                self.health.beat()
-                continue
+                break  # idle: return to the loop (lag gauge, stop flag); the next call polls again
             if time.monotonic() >= first_at + wait_s:
                 break
         metrics.FRAMES_IN.inc(len(self._pending))
@@ -170,6 +169,8 @@ class Worker:
             raise ContractError(f"frame of {len(record.value or b'')} bytes exceeds max_frame_bytes", "oversized")
         if self._known_cameras is not None and headers.camera not in self._known_cameras:
             raise ContractError(f"camera {headers.camera!r} is not in the site configuration", "unknown_camera")
+        if headers.end:
+            return Frame(record, headers, None)  # end-of-session marker: no image, passed on as an event
         started = time.perf_counter()
         try:
             image = decode_jpeg(record.value)
@@ -189,30 +190,34 @@ class Worker:
                 frames.append(self._validate(record))
             except ContractError as exc:
                 futures.append(self._dead_letter(record, exc))
-        if frames:
+        images = [f for f in frames if f.image is not None]
+        found: dict[int, tuple] = {}
+        per_frame_ms: float | None = None
+        if images:
             now_ms = time.time() * 1000
-            for frame in frames:
+            for frame in images:
                 metrics.FRAME_AGE.observe(max(0.0, (now_ms - frame.headers.capture_ms) / 1000))
             started = time.perf_counter()
-            found = self.detector.detect([f.image for f in frames])
+            results = self.detector.detect([f.image for f in images])  # type: ignore[misc]
             elapsed = time.perf_counter() - started
             metrics.INFERENCE_SECONDS.observe(elapsed)
-            metrics.BATCH_SIZE.observe(len(frames))
-            per_frame_ms = round(elapsed * 1000 / len(frames), 2)
-            for frame, detections in zip(frames, found):
-                h = frame.headers
-                event = DetectionEvent(
-                    camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
-                    model=self.detector.model_name, width=h.width, height=h.height, detections=detections,
-                    inference_ms=per_frame_ms,
-                )  # fmt: skip
-                futures.append(self.producer.send(self.topics.detections, key=h.camera.encode(), value=event.encode()))
+            metrics.BATCH_SIZE.observe(len(images))
+            per_frame_ms = round(elapsed * 1000 / len(images), 2)
+            found = {id(f): r for f, r in zip(images, results)}
+        for frame in frames:  # input order: a camera's events keep their frames' order
+            h = frame.headers
+            event = DetectionEvent(
+                camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
+                model=self.detector.model_name, width=h.width, height=h.height, detections=found.get(id(frame), ()),
+                inference_ms=None if h.end else per_frame_ms, end_of_session=h.end,
+            )  # fmt: skip
+            futures.append(self.producer.send(self.topics.detections, key=h.camera.encode(), value=event.encode()))
         started = time.perf_counter()
         if not self._await(futures):
             self._rewind(batch)
             return
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        metrics.EVENTS_OUT.inc(len(frames))
+        metrics.EVENTS_OUT.inc(len(frames))  # end-of-session markers included: they are events too
         self._commit(batch)
 
     def _dead_letter(self, record: Any, exc: ContractError) -> Any:

@@ -50,7 +50,17 @@ def _consume(kafka: KafkaSettings, topic: str, expected: int, timeout_ms: int = 
             records.extend(batch)
     finally:
         consumer.close()
-    return records
+    return [r for r in records if not FrameHeaders.from_kafka(r.headers).end]
+
+
+def _markers(kafka: KafkaSettings, topic: str) -> list[FrameHeaders]:
+    """The end-of-session markers on ``topic``."""
+    consumer = KafkaConsumer(topic, **kafka.kafka_python(), auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=3000, max_partition_fetch_bytes=8 * 1024 * 1024)  # fmt: skip
+    try:
+        return [h for h in (FrameHeaders.from_kafka(r.headers) for r in consumer) if h.end]
+    finally:
+        consumer.close()
 
 
 def _run(settings: IngestSettings, kafka: KafkaSettings, topics: TopicSettings) -> IngestService:
@@ -81,6 +91,8 @@ def test_file_as_fast_as_possible_is_complete_and_matches_sample_file(
     records = _consume(kafka_settings, topic_settings.frames, 40)
     assert len(records) == 40
     headers = [FrameHeaders.from_kafka(r.headers) for r in records]
+    (marker,) = _markers(kafka_settings, topic_settings.frames)  # the session ends with one end-of-session marker
+    assert (marker.session, marker.seq) == (headers[0].session, 40) and marker.capture_ms >= headers[-1].capture_ms
     assert {r.key for r in records} == {b"cam-1"}
     assert {(h.camera, h.intersection) for h in headers} == {("cam-1", "it-1")}
     assert len({h.session for h in headers}) == 1

@@ -162,6 +162,9 @@ def test_rtsp_stream_outage_and_secrets(
 
     # Every record is a valid frame of cam-rtsp; seq gap-free from 0 in each session.
     by_session: dict[str, list[FrameHeaders]] = defaultdict(list)
+    markers = [FrameHeaders.from_kafka(r.headers) for r in records if FrameHeaders.from_kafka(r.headers).end]
+    assert first_session in {m.session for m in markers}, "the session lost in the outage was not ended by a marker"
+    records = [r for r in records if not FrameHeaders.from_kafka(r.headers).end]  # frames, not end markers
     for record in records:
         headers = FrameHeaders.from_kafka(record.headers)
         assert (record.key, headers.camera, headers.intersection) == (b"cam-rtsp", "cam-rtsp", "it-rtsp")
@@ -257,7 +260,7 @@ def test_stalled_rtsp_stream_is_detected_by_the_read_timeout(
         enable_auto_commit=False, consumer_timeout_ms=3000, max_partition_fetch_bytes=8 * 1024 * 1024,
     )  # fmt: skip
     try:
-        headers = [FrameHeaders.from_kafka(r.headers) for r in consumer]
+        headers = [h for h in (FrameHeaders.from_kafka(r.headers) for r in consumer) if not h.end]
     finally:
         consumer.close()
     sessions = list(dict.fromkeys(h.session for h in headers))

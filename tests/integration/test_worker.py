@@ -167,3 +167,20 @@ def test_unknown_camera_goes_to_the_dlq(kafka_settings: KafkaSettings, topic_set
         _stop(proc)
     assert {(e.camera, e.session) for e in events} == {("cam-demo", known)}
     assert [dict(r.headers)["reason"] for r in dead] == [b"unknown_camera"] * 2
+
+
+def test_end_of_session_marker_becomes_an_end_event(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                    shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 3)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs, start_ms=1_000_000)
+    marker = FrameHeaders("cam-demo", "demo-intersection", session, 3, 1_000_200, 640, 480, end=True)
+    producer = KafkaProducer(**kafka_settings.kafka_python(), acks="all")
+    producer.send(topic_settings.frames, key=b"cam-demo", value=b"", headers=marker.to_kafka()).get(timeout=30)
+    producer.close()
+    proc, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    try:
+        events = sorted(read_events(kafka_settings, topic_settings.detections, 4), key=lambda e: e.seq)
+    finally:
+        _stop(proc)
+    assert [(e.seq, e.end_of_session) for e in events] == [(0, False), (1, False), (2, False), (3, True)]
+    assert events[-1].detections == () and events[-1].capture_ms == 1_000_200
