@@ -304,7 +304,9 @@ class LocalBroker:
     def _format(self, props: Path) -> None:
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
             return  # formatted before: keep the data (a restarted broker keeps its topics)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read a leading '-' as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         cmd = [
             shutil.which("java") or "java", "-Xmx256m",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",

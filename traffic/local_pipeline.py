@@ -1,0 +1,292 @@
+"""The whole pipeline as local processes: what ``traffic demo`` and the end-to-end tests run.
+
+    traffic ingest ──> frames ──> traffic worker (xN) ──> detections ──> traffic aggregate
+                                                                          ──> counts, crossings
+
+Every child runs in its own process group (``kill -9`` of a worker in tests is real) and is
+configured only through the environment, exactly as in Kubernetes. Progress is read from the
+topics' end offsets and the services' ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from traffic.broker import free_port
+from traffic.errors import TrafficError
+from traffic.settings import KafkaSettings, TopicSettings, shared_dir
+from traffic.wire import CountRecord
+
+
+class Child:
+    """One child process in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group at once (a crash, for tests)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the group, SIGKILL it after ``timeout_s``; idempotent."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+            except ProcessLookupError:
+                pass
+        if not self._log.closed:
+            self._log.close()
+
+    def tail(self, lines: int = 8) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sum of every sample of a service's /metrics by sample name (labels summed away)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return totals
+
+
+class CountsReader:
+    """Latest CountRecord per (interval, series key), read from the counts topic; also end offsets."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.records: dict[tuple[object, ...], CountRecord] = {}
+        self._consumer = KafkaConsumer(
+            topic, **kafka.kafka_python(), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        )  # fmt: skip
+
+    def poll(self) -> None:
+        for batch in self._consumer.poll(timeout_ms=300, max_records=10000).values():
+            for message in batch:
+                try:
+                    rec = CountRecord.decode(message.value)
+                except TrafficError:
+                    continue
+                self.records[(rec.interval_s, rec.interval_start_ms, rec.series, rec.approach, rec.movement, rec.vehicle_class)] = rec
+
+    def end_offset(self, topic: str) -> int:
+        """Messages ever written to ``topic`` (sum of the partitions' end offsets)."""
+        from kafka import TopicPartition
+
+        partitions = self._consumer.partitions_for_topic(topic) or set()
+        return int(sum(self._consumer.end_offsets([TopicPartition(topic, p) for p in partitions]).values()))
+
+    def totals(self, interval_s: int, final_only: bool = False) -> dict[tuple[str, str, str, str], int]:
+        """(series, approach-or-line, movement-or-direction, class) -> count summed over intervals."""
+        sums: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        for r in self.records.values():
+            if r.interval_s == interval_s and (r.final or not final_only):
+                sums[(r.series, r.approach, r.movement, r.vehicle_class)] += r.count
+        return {k: v for k, v in sums.items() if v}
+
+    def all_final(self, interval_s: int) -> bool:
+        recs = [r for r in self.records.values() if r.interval_s == interval_s]
+        return bool(recs) and all(r.final for r in recs)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class PipelineConfig:
+    """What to run. ``source`` is a file path or URL for ``camera``."""
+
+    bootstrap: str
+    site: Path
+    camera: str
+    source: str
+    model: str
+    out_dir: Path
+    workers: int = 1
+    realtime: bool = False
+    idle_close_s: float = 300.0  # fallback only: streams end by their end-of-session markers
+
+
+class LocalPipeline:
+    """Topics + aggregator + workers + ingester as processes; ``stop()`` ends them all."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        run_id = uuid.uuid4().hex[:6]
+        self.kafka = KafkaSettings(bootstrap_servers=cfg.bootstrap)
+        self.topics = TopicSettings(
+            frames=f"run-{run_id}.frames", detections=f"run-{run_id}.detections", crossings=f"run-{run_id}.crossings",
+            counts=f"run-{run_id}.counts", dlq=f"run-{run_id}.dlq", frames_partitions=max(4, cfg.workers),
+            detections_partitions=2, output_partitions=1,
+        )  # fmt: skip
+        self.run_id = run_id
+        self.ports = {"ingest": free_port(), "aggregator": free_port()}
+        self.worker_ports = [free_port() for _ in range(cfg.workers)]
+        self.children: dict[str, Child] = {}
+        self.counts: CountsReader | None = None
+        self.started = time.monotonic()
+        self._argv = [sys.executable, "-m", "traffic.cli"]
+        self.env = {
+            **os.environ,
+            "TRAFFIC_KAFKA_BOOTSTRAP_SERVERS": cfg.bootstrap,
+            "TRAFFIC_SITE_CONFIG": str(cfg.site),
+            **{f"TRAFFIC_TOPICS_{name.upper()}": str(value) for name, value in self.topics.model_dump().items()},
+            "TRAFFIC_SHARED_DIR": str(shared_dir()),
+        }
+
+    # -- processes ---------------------------------------------------------------------------
+    def start_services(self, ready_timeout_s: float = 180) -> None:
+        """Create topics, start the aggregator and the workers, wait until they are ready."""
+        from traffic.topics import create_topics
+
+        create_topics(self.kafka, self.topics)
+        self.children["aggregator"] = Child("aggregator", self._argv + ["aggregate"], {
+            **self.env, "TRAFFIC_AGGREGATOR_METRICS_PORT": str(self.ports["aggregator"]),
+            "TRAFFIC_AGGREGATOR_DATA_DIR": str(self.cfg.out_dir / "aggregator-data"),
+            "TRAFFIC_AGGREGATOR_APP_ID": f"run-{self.run_id}-aggregator",
+            "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": str(self.cfg.idle_close_s),
+        }, self.cfg.out_dir)  # fmt: skip
+        for n in range(self.cfg.workers):
+            self.start_worker(n)
+        self.wait_ready([self.ports["aggregator"], *self.worker_ports], ready_timeout_s)
+        self.counts = CountsReader(self.kafka, self.topics.counts)
+
+    def worker_env(self, n: int) -> dict[str, str]:
+        return {
+            **self.env, "TRAFFIC_WORKER_METRICS_PORT": str(self.worker_ports[n]), "TRAFFIC_WORKER_MODEL": self.cfg.model,
+            "TRAFFIC_WORKER_GROUP_ID": f"run-{self.run_id}-workers",
+        }  # fmt: skip
+
+    def start_worker(self, n: int) -> Child:
+        """(Re)start worker ``n`` on its metrics port."""
+        child = Child(f"worker-{n}", self._argv + ["worker"], self.worker_env(n), self.cfg.out_dir)
+        self.children[f"worker-{n}"] = child
+        return child
+
+    def start_ingest(self) -> Child:
+        """Start the ingester on the configured source; it exits at the end of a file."""
+        child = Child("ingest", self._argv + ["ingest"], {
+            **self.env, "TRAFFIC_INGEST_METRICS_PORT": str(self.ports["ingest"]), "TRAFFIC_INGEST_CAMERAS": self.cfg.camera,
+            "TRAFFIC_INGEST_SOURCES": f"{self.cfg.camera}={self.cfg.source}",
+            "TRAFFIC_INGEST_REALTIME": "true" if self.cfg.realtime else "false", "TRAFFIC_INGEST_LOOP": "false",
+        }, self.cfg.out_dir)  # fmt: skip
+        self.children["ingest"] = child
+        self.started = time.monotonic()
+        return child
+
+    def wait_ready(self, ports: list[int], timeout_s: float) -> None:
+        """Wait for ``/readyz`` of each port; fail early when a child exits."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(ports)
+        while pending:
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise TrafficError(f"services on ports {pending} were not ready within {timeout_s:.0f} s")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{pending[0]}/readyz", timeout=2):
+                    pending.pop(0)
+            except OSError:
+                time.sleep(0.5)
+
+    def check_children(self) -> None:
+        """Raise when a long-running service died (the ingester may end on its own)."""
+        for name, child in self.children.items():
+            if name != "ingest" and not child.alive():
+                raise TrafficError(f"{name} exited with code {child.proc.returncode}:\n{child.tail()}")
+
+    # -- progress ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        """Progress per stage: frames/events from the topics, the rest from /metrics."""
+        assert self.counts is not None, "start_services() first"
+        agg = scrape(self.ports["aggregator"])
+        workers = [scrape(p) for p in self.worker_ports]
+        lat_n = agg.get("traffic_aggregator_count_latency_seconds_count", 0.0)
+        detected = self.counts.end_offset(self.topics.detections)
+        return {
+            "published": float(self.counts.end_offset(self.topics.frames)),
+            "detected": float(detected),
+            "dlq": float(self.counts.end_offset(self.topics.dlq)),
+            "fps": detected / max(1.0, time.monotonic() - self.started),
+            "lag": sum(w.get("traffic_worker_consumer_lag", 0.0) for w in workers),
+            "aggregated": agg.get("traffic_aggregator_events_total", 0.0),
+            "duplicates": agg.get("traffic_aggregator_duplicates_total", 0.0),
+            "latency_s": agg.get("traffic_aggregator_count_latency_seconds_sum", 0.0) / lat_n if lat_n else 0.0,
+            "tracks": agg.get("traffic_aggregator_active_tracks", 0.0),
+        }
+
+    def settled(self, stats: dict[str, float]) -> bool:
+        """True once the ingester ended, every frame has an event, all were aggregated and windows closed."""
+        assert self.counts is not None
+        ingest = self.children.get("ingest")
+        if ingest is None or ingest.alive() or stats["published"] == 0:
+            return False
+        every_frame = stats["detected"] >= stats["published"]
+        aggregated = stats["aggregated"] + stats["duplicates"] >= stats["detected"]
+        return every_frame and aggregated and self.counts.all_final(self.largest_interval())
+
+    def largest_interval(self) -> int:
+        from traffic.site import load_site
+
+        return max(load_site(self.cfg.site).counting.intervals_s)
+
+    def wait_settled(self, timeout_s: float, on_tick=None) -> bool:
+        """Poll until :meth:`settled` (True) or the timeout (False)."""
+        assert self.counts is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            self.counts.poll()
+            self.check_children()
+            stats = self.stats()
+            if on_tick:
+                on_tick(stats)
+            if self.settled(stats):
+                time.sleep(1.0)
+                self.counts.poll()
+                return True
+        return False
+
+    def stop(self) -> None:
+        """Stop every child (ingester first, aggregator last)."""
+        order = ["ingest"] + [n for n in self.children if n.startswith("worker")] + ["aggregator"]
+        for name in order:
+            if name in self.children:
+                self.children[name].terminate()
+        if self.counts is not None:
+            self.counts.close()
+            self.counts = None
