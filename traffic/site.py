@@ -169,8 +169,11 @@ class Camera(_Strict):
             for ref in (rule.from_, rule.to):
                 if ref not in approach_ids:
                     raise ValueError(f"movement refers to unknown approach {ref!r} (known: {', '.join(approach_ids) or 'none'})")
-        if self.approaches and not self.movements and not all(a.compass for a in self.approaches):
-            raise ValueError("approaches need either a 'movements' table or a 'compass' on every approach")
+        without_compass = [a.id for a in self.approaches if not a.compass]
+        explicit = {ref for rule in self.movements for ref in (rule.from_, rule.to)}
+        unmapped = [a for a in without_compass if a not in explicit]
+        if unmapped:
+            raise ValueError(f"approaches {unmapped} need either a 'compass' or entries in the 'movements' table")
         return self
 
     def movement_table(self) -> dict[tuple[str, str], str]:

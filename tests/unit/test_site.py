@@ -13,13 +13,14 @@ from traffic.site import compass_movement, load_site
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sites" / "intersection-demo.yaml"
 
 
-def test_example_site_loads_with_four_approaches_and_sixteen_movements() -> None:
+def test_example_site_loads_with_five_legs_and_their_movements() -> None:
     site = load_site(EXAMPLE)
     intersection, camera = site.camera("cam-demo")
     assert intersection.id == "demo-intersection"
-    assert {a.id for a in camera.approaches} == {"north", "east", "south", "west"}
+    assert {a.id for a in camera.approaches} == {"north", "east", "south", "west", "west-lower"}
     table = camera.movement_table()
-    assert len(table) == 16
+    assert len(table) == 16 + 9  # 4 compass legs derived, the fifth leg's movements listed
+    assert table[("east", "west-lower")] == "through"
     assert table[("west", "east")] == "through"
     assert table[("north", "east")] == "left"  # southbound turning east, right-hand traffic
 
@@ -75,7 +76,7 @@ def _site(**camera_changes):
         (_site(approaches=[{"id": "a", "polygon": [[0, 0], [0.5, 0.5], [1, 1]], "compass": "north"}]), "no area"),  # collinear
         (_site(movements=[{"from": "a", "to": "zz", "movement": "left"}]), "unknown approach 'zz'"),  # dangling ref
         (_site(movements=[{"from": "a", "to": "b", "movement": "sideways"}]), "movements[0].movement"),  # bad movement
-        (_site(approaches=[{"id": "a", "polygon": [[0, 0], [0.2, 0], [0.2, 0.2]]}]), "need either a 'movements' table or a 'compass'"),
+        (_site(approaches=[{"id": "a", "polygon": [[0, 0], [0.2, 0], [0.2, 0.2]]}]), "need either a 'compass' or entries in the 'movements' table"),
         (_site(source="rtsp://u:${NOT_SET_ANYWHERE_42}@h/s"), "NOT_SET_ANYWHERE_42 is not set"),  # missing secret
         ({**_site(), "counting": {"intervals_s": [7]}}, "divide a day"),  # odd interval
     ],
