@@ -110,6 +110,7 @@ class CameraCounter:
         self._buffer: dict[int, DetectionEvent] = {}
         self._finished_sessions: list[str] = []
         self.stream_ended = False  # the current session's end marker was processed: nothing more will come
+        self.last_tracked: list[TrackedObject] = []  # tracks of the last processed event (not part of the state)
         self._tracker: CameraTracker | None = None
         self._tracks: dict[int, TrackState] = {}
         self.duplicates = 0
@@ -239,7 +240,8 @@ class CameraCounter:
         now = event.capture_ms
         self.last_capture_ms = now if self.last_capture_ms is None else max(self.last_capture_ms, now)
         out: list[CrossingEvent] = []
-        for obj in self._tracker.update(event):
+        self.last_tracked = self._tracker.update(event)  # for drawing (aggregator.annotate); never counted from
+        for obj in self.last_tracked:
             state = self._tracks.get(obj.track_id)
             if state is None:
                 state = self._tracks[obj.track_id] = TrackState(first_ms=now, last_seen_ms=now)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from traffic.errors import BrokerError, BrokerUnavailable, ConfigError, Retriable
+from traffic.errors import BadInput, BrokerError, BrokerUnavailable, ConfigError, Retriable
 from traffic.logs import configure_logging
 
 log = logging.getLogger("traffic.cli")
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BadInput as exc:  # e.g. a video that cannot be decoded
+        print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 2
     except (BrokerUnavailable, BrokerError, Retriable) as exc:
         print(f"error: {exc}", file=sys.stderr)

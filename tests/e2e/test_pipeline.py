@@ -77,7 +77,7 @@ def _run(cfg: PipelineConfig, disturb=None) -> dict:
             "metrics": scrape(pipeline.ports["aggregator"]),
             "metrics_text": _metrics_text(pipeline.ports["aggregator"]),
             "events": [DetectionEvent.decode(v) for v in _read_all(pipeline.kafka, pipeline.topics.detections)],
-            "frames": len(_read_all(pipeline.kafka, pipeline.topics.frames)),
+            "frames": sum(1 for v in _read_all(pipeline.kafka, pipeline.topics.frames) if v),  # end markers are empty
             "kafka": pipeline.kafka,
             "topics": pipeline.topics,
         }
@@ -103,8 +103,9 @@ def reference(kafka_bootstrap: str, shared: Path, tmp_path_factory: pytest.TempP
 def test_every_sampled_frame_becomes_a_detection_event(reference: dict) -> None:
     events = reference["events"]
     assert reference["frames"] >= 250  # 909 frames at 30 fps sampled at 10 fps: about 303
-    keys = {(e.camera, e.session, e.seq) for e in events}
+    keys = {(e.camera, e.session, e.seq) for e in events if not e.end_of_session}
     assert len(keys) == reference["frames"]
+    assert sum(e.end_of_session for e in {e.frame_key: e for e in events}.values()) == 1  # the file's one session ended
     sessions = {e.session for e in events}
     for session in sessions:
         seqs = sorted(e.seq for e in events if e.session == session)
@@ -142,7 +143,7 @@ def test_worker_killed_half_way_and_restarted_gives_the_same_counts(
 
     result = _run(_config(kafka_bootstrap, shared, tmp_path, workers=1), disturb=kill_half_way)
     assert result["final"] == reference["final"]
-    keys = {(e.session, e.seq) for e in result["events"]}
+    keys = {(e.session, e.seq) for e in result["events"] if not e.end_of_session}
     assert len(keys) == result["frames"], "a frame has no detection event after the crash"
 
 
@@ -196,3 +197,29 @@ def test_prometheus_scrapes_the_services_and_dashboard_queries_return_data(
             prometheus.stop()
         pipeline.stop()
     _no_process_left(pipeline)
+
+
+def test_offline_count_equals_the_streaming_pipeline(reference: dict, shared: Path, tmp_path: Path) -> None:
+    """`traffic count` on the file gives exactly the streaming pipeline's final counts (one code path)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "traffic.cli", "count", str(shared / "videos" / "intersection.mp4"),
+         "--site", str(REPO / "deploy" / "sites" / "intersection-demo.yaml"), "--camera", "cam-demo",
+         "--model", str(shared / "models" / "yolo11n_int8_openvino_model"), "--out-json", "c.json", "--out-csv", "c.csv", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "c.json").read_text())
+    offline: Counter[tuple[str, str, str, str]] = Counter()
+    for line, directions in result["lines"].items():
+        for direction, classes in directions.items():
+            for cls, n in classes.items():
+                offline[("line", line, direction, cls)] += n
+    for m in result["movements"]:
+        for cls, n in m["counts"].items():
+            offline[("movement", m["approach"], m["movement"], cls)] += n
+    assert result["frames"] == reference["frames"]
+    assert +offline == +Counter(reference["final"])
+    assert sum(offline.values()) > 5

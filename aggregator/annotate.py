@@ -1,0 +1,75 @@
+"""Draw what the counter saw on the frames, for a person to check counts by eye.
+
+Drawing only: boxes with track ids, count lines with their ``in`` side, approach zones, and the
+running counts. Nothing here decides or changes a count (supervision's split: the counter counts,
+the annotator draws).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from aggregator.offline import FrameResult
+from traffic.site import Camera
+
+_ZONE = (0, 0, 255)
+_LINE = (255, 128, 0)
+_BOX = (0, 220, 0)
+
+
+class VideoAnnotator:
+    """Writes an annotated MP4 (``mp4v``) at the sampling rate; ``close()`` when done."""
+
+    def __init__(self, path: Path, camera: Camera, fps: float) -> None:
+        self.path = path
+        self.camera = camera
+        self.fps = fps
+        self.writer: cv2.VideoWriter | None = None
+        self.lines: Counter[str] = Counter()
+        self.movements: Counter[str] = Counter()
+
+    def __call__(self, frame: FrameResult) -> None:
+        for c in frame.crossings:
+            if c.kind == "line":
+                self.lines[f"{c.line} {c.direction}"] += 1
+            else:
+                self.movements[f"{c.approach}>{c.exit} {c.movement}"] += 1
+        image = self.draw(frame)
+        if self.writer is None:
+            height, width = image.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+        self.writer.write(image)
+
+    def draw(self, frame: FrameResult) -> np.ndarray:
+        image = frame.image.copy()
+        h, w = image.shape[:2]
+        for approach in self.camera.approaches:
+            pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
+            cv2.polylines(image, [pts], True, _ZONE, 1)
+            cv2.putText(image, approach.id, tuple(int(v) for v in pts.mean(axis=0)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _ZONE, 1)
+        for line in self.camera.lines:
+            (ax, ay), (bx, by) = line.points
+            a, b = (int(ax * w), int(ay * h)), (int(bx * w), int(by * h))
+            cv2.line(image, a, b, _LINE, 2)
+            mid = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
+            normal = np.array([-(b[1] - a[1]), b[0] - a[0]], float)
+            normal = normal / (np.linalg.norm(normal) or 1) * 15
+            cv2.arrowedLine(image, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _LINE, 1)  # the "in" side
+            cv2.putText(image, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, 0.45, _LINE, 1)
+        for obj in frame.tracked:
+            x1, y1, x2, y2 = obj.box
+            cv2.rectangle(image, (int(x1 * w), int(y1 * h)), (int(x2 * w), int(y2 * h)), _BOX, 1)
+            cv2.putText(image, f"#{obj.track_id} {obj.label}", (int(x1 * w), max(10, int(y1 * h) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BOX, 1)
+        rows = [f"{k}: {v}" for k, v in sorted(self.lines.items())] + [f"{k}: {v}" for k, v in sorted(self.movements.items())]
+        for i, text in enumerate(rows[:14]):
+            cv2.putText(image, text, (6, 16 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1)
+        return image
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
