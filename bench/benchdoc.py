@@ -1,0 +1,54 @@
+"""What the benchmarks share: the machine line, sample frames, and their section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+
+
+def sampled_frames(video: Path, count: int, every: int = 3) -> list[np.ndarray]:
+    """``count`` BGR frames of ``video``, one in ``every`` (10 fps from the 30 fps sample)."""
+    cap = cv2.VideoCapture(str(video))
+    out: list[np.ndarray] = []
+    index = 0
+    while len(out) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index % every == 0:
+            out.append(frame)
+        index += 1
+    cap.release()
+    return out
+
+
+def write_section(title: str, markdown: str) -> Path:
+    """Replace (or add) the ``## <title>`` section of docs/benchmarks.md, leaving the others alone."""
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {title}\n\n" + markdown.strip() + "\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n" if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text)
+    return path
