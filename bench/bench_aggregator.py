@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -36,6 +35,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchdoc import write_section  # noqa: E402
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import KafkaAdminClient  # noqa: E402
@@ -150,20 +152,6 @@ def run(bootstrap: str, tmp: Path) -> dict[str, float]:
     return results
 
 
-def write_section(markdown: str) -> Path:
-    """Replace (or add) the ``## Aggregator`` section of docs/benchmarks.md, leaving other sections alone."""
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Aggregator\n\n" + markdown.strip() + "\n"
-    pattern = re.compile(r"^## Aggregator\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default=os.environ.get("TRAFFIC_TEST_BOOTSTRAP"), help="use this broker instead of starting one")
@@ -190,7 +178,7 @@ At 10 fps per camera, one aggregator worker keeps up with about {r['faust_eps'] 
 """
     print(markdown)
     if not args.no_write:
-        print(f"written to {write_section(markdown)}")
+        print(f"written to {write_section('Aggregator', markdown)}")
     return 0
 
 

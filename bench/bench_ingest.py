@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -31,6 +30,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchdoc import write_section  # noqa: E402
 
 from ingest.encoder import JpegEncoder  # noqa: E402
 from ingest.service import IngestService  # noqa: E402
@@ -120,20 +122,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_section(markdown: str) -> Path:
-    """Replace (or add) the ``## Ingest`` section of docs/benchmarks.md, leaving other sections alone."""
-    path = REPO / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured on the project's 2-core CI machine unless a section says otherwise.\n"
-    section = "## Ingest\n\n" + markdown.strip() + "\n"
-    pattern = re.compile(r"^## Ingest\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-    return path
-
-
 def main() -> int:
     videos = [shared_dir() / "videos" / "intersection.mp4", shared_dir() / "videos" / "pedestrians_1080p.mp4"]
     missing = [v for v in videos if not v.exists()]
@@ -158,7 +146,7 @@ def main() -> int:
         "A camera sampled at 10 fps still decodes every frame it sends (25-30 fps): budget the baseline row at the camera's "
         "own rate plus the encode/publish share at the sampled rate."
     )
-    print(f"written to {write_section(note + chr(10) + chr(10) + result)}")
+    print(f"written to {write_section('Ingest', note + chr(10) + chr(10) + result)}")
     return 0
 
 
