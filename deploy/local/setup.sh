@@ -61,6 +61,15 @@ fi
 
 # -- 4. Manifest validation tools ---------------------------------------------------------------
 if [ -f deploy/tools/install.sh ]; then
+  # Strimzi's CRD generator needs Java >= 21; without one, Strimzi objects get structural checks only.
+  java21=""
+  for j in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)" /usr/lib/jvm/*/bin/java; do
+    if [ -x "$j" ] && "$j" -version 2>&1 | grep -Eq 'version "(2[1-9]|[3-9][0-9])'; then java21="$j"; break; fi
+  done
+  if [ -z "$java21" ] && [ -z "${TRAFFIC_TOOLS_SKIP_STRIMZI:-}" ]; then
+    say "no Java >= 21 found: Strimzi CRD schemas are skipped (TRAFFIC_TOOLS_SKIP_STRIMZI=1)"
+    export TRAFFIC_TOOLS_SKIP_STRIMZI=1
+  fi
   bash deploy/tools/install.sh
 fi
 say "ready"
