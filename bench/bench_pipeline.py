@@ -95,7 +95,7 @@ def main() -> int:
     p50 = statistics.median(latencies) if latencies else float("nan")
     p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else float("nan")
     fps = n / fast_s
-    worker_cpu_ms, ingest_cpu_ms, agg_cpu_ms = 49.1, 2.5, 3.9  # per frame, from the Worker, Ingest and Aggregator sections
+    worker_cpu_ms, ingest_cpu_ms, agg_cpu_ms = 39.6, 2.5, 3.9  # per frame, from the Worker, Ingest and Aggregator sections
     per_camera_cores = 10 * (worker_cpu_ms + ingest_cpu_ms + agg_cpu_ms) / 1000
     text = "\n".join([
         f"`bench/bench_pipeline.py`, {machine()}. intersection.mp4 sampled at 10 fps ({n} frames), shared YOLO11n INT8 "
@@ -121,7 +121,7 @@ def main() -> int:
         f"{worker_cpu_ms} ms + ingest {ingest_cpu_ms} ms + aggregator {agg_cpu_ms} ms = "
         f"{worker_cpu_ms + ingest_cpu_ms + agg_cpu_ms:.1f} ms of CPU per frame; a 640x480 camera at 10 fps needs "
         f"{per_camera_cores:.2f} cores, so one 2-core machine sustains about {2 / per_camera_cores:.1f} cameras with all "
-        f"services on it, or {int(31 / 10)} cameras per CPU worker replica (31 frames/s, ## Worker) when ingest and "
+        f"services on it, or {int(40.9 / 10)} cameras per CPU worker replica (40.9 frames/s, ## Worker) when ingest and "
         "aggregator run elsewhere. The pipeline's end-to-end rate above is the ceiling with everything sharing two cores.",
         "",
         "**GPU node (on paper, not measured here: no GPU machine was available).** Assumption: an NVIDIA T4 runs YOLO11n "
