@@ -33,6 +33,7 @@ class VideoAnnotator:
         self.movements: Counter[str] = Counter()
 
     def __call__(self, frame: FrameResult) -> None:
+        """Add one processed frame (in order); the running counts include its crossings."""
         for c in frame.crossings:
             if c.kind == "line":
                 self.lines[f"{c.line} {c.direction}"] += 1
@@ -45,6 +46,7 @@ class VideoAnnotator:
         self.writer.write(image)
 
     def draw(self, frame: FrameResult) -> np.ndarray:
+        """A copy of the frame with zones, lines (arrow to the ``in`` side), tracked boxes and counts drawn on it."""
         image = frame.image.copy()
         h, w = image.shape[:2]
         for approach in self.camera.approaches:
@@ -70,6 +72,7 @@ class VideoAnnotator:
         return image
 
     def close(self) -> None:
+        """Finish the file; idempotent."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None

@@ -42,9 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import json
+    import math
     import sys
 
-    from aggregator.offline import Progress, count_video, probe_video
+    from aggregator.offline import Progress, check_geometry, count_video, probe_video
     from aggregator.report import build_report, parse_start
     from traffic.errors import ConfigError
     from traffic.site import load_site
@@ -53,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     video = Path(args.video)
     site = load_site(args.site)
     intersection, camera = site.camera(args.camera)
+    check_geometry(camera)
     if args.interval_min <= 0 or (args.interval_min * 60) % 1:
         raise ConfigError(f"--interval-min must be a positive whole number of seconds, got {args.interval_min}")
     if not 0 <= args.conf <= 1 or args.batch_size < 1 or (args.fps is not None and args.fps <= 0):
@@ -63,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--start {args.start!r} is not an ISO 8601 date-time (e.g. 2024-05-14T07:00:00+02:00)") from None
     total, file_fps, _, _ = probe_video(video)
     rate = args.fps or camera.fps
-    progress = None if args.quiet else Progress(int(total * min(1.0, rate / file_fps)) if total > 0 else 0)
+    expected = math.ceil(total * min(1.0, rate / file_fps) - 1e-9) if total > 0 else 0  # frames the sampler keeps
+    progress = None if args.quiet else Progress(expected)
     annotator = None
     if args.annotate:
         from aggregator.annotate import VideoAnnotator

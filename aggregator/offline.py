@@ -13,9 +13,11 @@ The JPEG round trip is kept on purpose: the detector must see the pixels a worke
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,10 @@ import numpy as np
 
 from aggregator.counting import CameraCounter, TrackedObject
 from ingest.encoder import JpegEncoder
-from ingest.sampler import sample_file
+from ingest.sampler import SampledFrame, sample_file
 from ingest.sources import SourceError
-from traffic.errors import BadInput
-from traffic.site import Site
+from traffic.errors import BadInput, ConfigError
+from traffic.site import Camera, Site
 from traffic.wire import CrossingEvent, DetectionEvent
 from workers.decode import decode_jpeg
 from workers.detector import Detector, DetectorSettings
@@ -35,6 +37,8 @@ from workers.detector import Detector, DetectorSettings
 log = logging.getLogger(__name__)
 
 OFFLINE_SESSION = "offline"
+PREFETCH_FRAMES = 16
+"""Decoded frames read ahead of the model (each 640x480 frame is 0.9 MB)."""
 
 
 class VideoError(BadInput):
@@ -62,6 +66,24 @@ class OfflineResult:
     start_ms: int = 0
     end_ms: int = 0
     model: str = ""
+
+
+def check_geometry(camera: Camera) -> None:
+    """Refuse count lines that no vehicle can cross: ConfigError naming the line.
+
+    The site file already keeps every point inside the image ([0, 1]) and refuses zero-length
+    lines and zones without area. What is left of "outside the image" is a line lying along an
+    image edge: clipped to the open image it is empty, so a ground point can never be on its
+    other side and the line would silently count nothing.
+    """
+    for line in camera.lines:
+        (ax, ay), (bx, by) = line.points
+        for edge in (0.0, 1.0):
+            if ax == bx == edge or ay == by == edge:
+                raise ConfigError(
+                    f"camera {camera.id}: line {line.id!r} lies on the image border ({line.points}); "
+                    "no vehicle can cross it - move it inside the picture"
+                )
 
 
 def probe_video(path: Path) -> tuple[int, float, int, int]:
@@ -103,7 +125,8 @@ def count_video(
         on_frame: called after each frame (progress, annotation).
     """
     intersection, camera = site.camera(camera_id)
-    probe_video(video)
+    check_geometry(camera)
+    _, file_fps, _, _ = probe_video(video)
     rate = fps or camera.fps
     encoder = JpegEncoder(camera.max_width, camera.jpeg_quality)
     model = Detector(detector)
@@ -130,22 +153,95 @@ def count_video(
         batch.clear()
 
     try:
-        for frame in sample_file(video, rate, start_ms):
-            encoded = encoder.encode(frame.image)
-            batch.append((frame.capture_ms, decode_jpeg(encoded.jpeg)))
-            if len(batch) >= detector.batch_size:
-                flush()
+        frames = sample_file(video, rate, start_ms)
     except SourceError as exc:
         raise VideoError(f"video {video}: {exc}") from None
+    with _Prefetch(_round_trip(frames, encoder)) as decoded:
+        for capture_ms, image in decoded:
+            batch.append((capture_ms, image))
+            if len(batch) >= detector.batch_size:
+                flush()
     if batch:
         flush()
     if last is None:
         raise VideoError(f"video {video}: no frame could be decoded")
     end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "inference_ms": None})
     result.crossings += counter.update(end)  # what the ingester's end-of-session marker does in the pipeline
-    result.end_ms = last.capture_ms + int(1000 / rate)
+    result.end_ms = last.capture_ms + round(1000 / min(rate, file_fps))  # the last frame stands for one frame period
     result.wall_s = time.monotonic() - started
+    log.info(
+        "video counted",
+        extra={"camera": camera_id, "frames": result.frames, "crossings": len(result.crossings), "wall_s": round(result.wall_s, 2),
+               "sampling_fps": rate, "model": result.model},
+    )  # fmt: skip
     return result
+
+
+def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[tuple[int, np.ndarray]]:
+    """(capture ms, image) as a worker sees it: the ingester's resize + JPEG, then the worker's decode."""
+    try:
+        for frame in frames:
+            yield frame.capture_ms, decode_jpeg(encoder.encode(frame.image).jpeg)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+class _Prefetch:
+    """Runs an iterator in a thread, a few items ahead, keeping order.
+
+    Why: video decoding, resize and the JPEG round trip release the GIL in OpenCV, so on a 2-core
+    machine they overlap with the model's Python pre/post-processing instead of adding to it. The
+    frames and their order are unchanged, so the counts are too. An exception in the thread is
+    raised in the consumer at the position where it happened.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator[tuple[int, np.ndarray]], depth: int = PREFETCH_FRAMES) -> None:
+        self._items = items
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="count-prefetch", daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        self._thread.start()
+        return self._consume()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if self._stop.is_set():
+                    break
+                self._queue.put(item)
+            self._queue.put(self._END)
+        except BaseException as exc:  # forwarded to the consumer, raised there
+            self._queue.put(exc)
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()  # releases the video capture
+
+    def _consume(self) -> Iterator[tuple[int, np.ndarray]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, SourceError):
+                    raise VideoError(str(item)) from None
+                raise item
+            yield item  # type: ignore[misc]
 
 
 class Progress:

@@ -2,7 +2,7 @@
 
 Why: one aggregator worker must keep up with all cameras of the partitions it owns; the ratio
 says what faust, Kafka and the per-event state snapshot cost on top of the counting itself.
-In the same run, on the same synthetic events (aggregator.synthetic, one camera):
+In the same run, on the same synthetic events (tests.synthetic, one camera):
 
 * baseline - ``CameraCounter.update()`` in a plain Python loop (tracking + counting only);
 * faust    - the real app (``traffic aggregate`` subprocess) consuming the same events from a
@@ -44,8 +44,8 @@ from kafka.admin import KafkaAdminClient  # noqa: E402
 from kafka.errors import KafkaError  # noqa: E402
 
 from aggregator.counting import CameraCounter  # noqa: E402
-from aggregator.synthetic import CAMERA, SITE, synthetic_site, synthetic_stream  # noqa: E402
-from traffic.broker import LocalBroker, free_port  # noqa: E402
+from tests.synthetic import CAMERA, SITE, synthetic_site, synthetic_stream  # noqa: E402
+from devkit.broker import LocalBroker, free_port  # noqa: E402
 from traffic.settings import KafkaSettings, TopicSettings  # noqa: E402
 from traffic.topics import create_topics  # noqa: E402
 from traffic.wire import CrossingEvent, DetectionEvent  # noqa: E402
@@ -165,7 +165,7 @@ def main() -> int:
                 r = run(broker.bootstrap, Path(tmp))
     ratio = r["faust_eps"] / r["baseline_eps"]
     markdown = f"""
-`bench/bench_aggregator.py`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({platform.machine()}), faust-streaming 0.15.3 + aiokafka 0.14.0, Kafka 4.1.1 broker on the same machine. Synthetic events of one camera (`aggregator.synthetic`: 6 vehicles per movement, 2 sessions, {int(r['events'])} events, 3-6 boxes per event). *vs baseline* = events/s relative to `CameraCounter.update()` in a plain loop over the same events in the same run.
+`bench/bench_aggregator.py`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({platform.machine()}), faust-streaming 0.15.3 + aiokafka 0.14.0, Kafka 4.1.1 broker on the same machine. Synthetic events of one camera (`tests.synthetic`: 6 vehicles per movement, 2 sessions, {int(r['events'])} events, 3-6 boxes per event). *vs baseline* = events/s relative to `CameraCounter.update()` in a plain loop over the same events in the same run.
 
 | stage | events | events/s | vs baseline | app CPU ms/event |
 |---|---:|---:|---:|---:|

@@ -37,7 +37,7 @@ from benchdoc import write_section  # noqa: E402
 from ingest.encoder import JpegEncoder  # noqa: E402
 from ingest.service import IngestService  # noqa: E402
 from ingest.settings import IngestSettings  # noqa: E402
-from traffic.broker import LocalBroker  # noqa: E402
+from devkit.broker import LocalBroker  # noqa: E402
 from traffic.settings import KafkaSettings, TopicSettings, shared_dir  # noqa: E402
 from traffic.topics import create_topics  # noqa: E402
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_count import run_peer  # noqa: E402
 from benchdoc import machine, sampled_frames, write_section  # noqa: E402
-from traffic.broker import LocalBroker  # noqa: E402
-from traffic.local_pipeline import LocalPipeline, PipelineConfig  # noqa: E402
+from devkit.broker import LocalBroker  # noqa: E402
+from devkit.local_pipeline import LocalPipeline, PipelineConfig  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
 from traffic.site import load_site  # noqa: E402
 from traffic.wire import CrossingEvent  # noqa: E402

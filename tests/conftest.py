@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from traffic.broker import LocalBroker
+from devkit.broker import LocalBroker
 from traffic.settings import KafkaSettings, TopicSettings, shared_dir
 from traffic.topics import create_topics
 

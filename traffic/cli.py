@@ -1,7 +1,8 @@
 """The one command line: ``traffic <subcommand>``.
 
-Subcommands of the services (``ingest``, ``worker``, ``aggregate``, ``count``, ``demo``) are
-registered by each service's light ``command`` module, which imports nothing heavy until the
+Subcommands of the services (``ingest``, ``worker``, ``aggregate``, ``count``) and of the developer
+kit (``broker``, ``demo``; absent from the production image) are registered by each package's light
+``command`` module, which imports nothing heavy until the
 subcommand runs, so ``traffic --help`` stays fast. Errors that are the user's to fix
 (configuration, unreachable broker) print one clear line and exit 2 (config) or 3 (broker).
 """
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,37 +21,7 @@ from traffic.logs import configure_logging
 
 log = logging.getLogger("traffic.cli")
 
-SERVICE_COMMANDS = ("ingest.command", "workers.command", "aggregator.command", "aggregator.count_command", "traffic.demo_command")
-
-
-def _broker(args: argparse.Namespace) -> int:
-    from traffic.broker import KAFKA_VERSION, LocalBroker, cache_root, fetch_jars
-
-    data_dir = Path(args.data_dir) if args.data_dir else cache_root() / "broker"
-    broker = LocalBroker(data_dir, port=args.port, version=args.version or KAFKA_VERSION)
-    if args.action == "fetch":
-        print(fetch_jars(broker.version))
-    elif args.action == "start":
-        broker.start()
-        broker._proc = None  # detach: the broker keeps running after this command; stop with `traffic broker stop`
-        print(broker.bootstrap)
-    elif args.action == "stop":
-        state = broker.running_state()
-        broker.stop()
-        print("stopped" if state else "not running")
-    elif args.action == "status":
-        state = broker.running_state()
-        print(json.dumps(state) if state else "not running")
-        return 0 if state else 1
-    elif args.action == "run":
-        with broker:
-            print(broker.bootstrap, flush=True)
-            try:
-                while broker._proc is not None and broker._proc.poll() is None:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-    return 0
+SERVICE_COMMANDS = ("ingest.command", "workers.command", "aggregator.command", "aggregator.count_command", "devkit.command")
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -107,13 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Logs are JSON lines on stderr; set TRAFFIC_LOG_LEVEL=DEBUG for more.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("broker", help="a local Apache Kafka 4.x broker (KRaft) for the demo and tests")
-    p.add_argument("action", choices=["fetch", "start", "stop", "status", "run"], help="fetch jars / start detached / stop / status / run in foreground")
-    p.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
-    p.add_argument("--data-dir", default=None, help="broker data directory (default: ~/.cache/traffic-pipeline/broker)")
-    p.add_argument("--version", default=None, help="Kafka version (default: TRAFFIC_KAFKA_VERSION or 4.1.1)")
-    p.set_defaults(handler=_broker)
 
     p = sub.add_parser("topics", help="create the pipeline's topics (idempotent)")
     p.add_argument("action", choices=["create"])

@@ -62,6 +62,8 @@ class _Revocations(ConsumerRebalanceListener):
         self.worker.drop_partitions(set(revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Ready once the group answered: an empty assignment (more workers than partitions) is ready too.
+        self.worker.health.set("kafka", True)
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 
 
@@ -105,10 +107,10 @@ class Worker:
         self.consumer = KafkaConsumer(
             **conn, group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, max_poll_interval_ms=s.max_poll_interval_ms,
-            max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4, client_id=f"traffic-worker",
+            max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4, client_id="traffic-worker",
         )  # fmt: skip
         self.consumer.subscribe([self.topics.frames], listener=_Revocations(self))
-        self.health.set("kafka", True)
+        self.health.set("kafka", False, "joining the consumer group")
 
     def close(self) -> None:
         """Close clients; the consumer leaves its group so partitions move at once."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from traffic.broker import free_port
+from devkit.broker import free_port
 
 
 class PrometheusServer:

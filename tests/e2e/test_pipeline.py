@@ -17,7 +17,7 @@ import psutil
 import pytest
 from kafka import KafkaConsumer
 
-from traffic.local_pipeline import LocalPipeline, PipelineConfig, scrape
+from devkit.local_pipeline import LocalPipeline, PipelineConfig, scrape
 from traffic.settings import KafkaSettings
 from traffic.wire import DetectionEvent
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 from kafka import KafkaConsumer, KafkaProducer
 
-from traffic.broker import free_port
+from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import DetectionEvent, FrameHeaders
 

@@ -1,6 +1,6 @@
 """The aggregator as a real faust worker (subprocess) against the real broker, with synthetic ground truth.
 
-Synthetic detection events (aggregator.synthetic: 2 vehicles per movement of a 4-leg intersection,
+Synthetic detection events (tests.synthetic: 2 vehicles per movement of a 4-leg intersection,
 two count lines) go to the test's detections topic; the final records on the counts topic must
 give exactly the ground truth, and exactly what the plain CameraCounter loop gives per interval.
 """
@@ -25,9 +25,9 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from aggregator.counting import CameraCounter
-from aggregator.synthetic import CAMERA, SITE, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
+from tests.synthetic import CAMERA, SITE, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
 from aggregator.windows import CountKey, tally
-from traffic.broker import free_port
+from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import CrossingEvent, DetectionEvent
 

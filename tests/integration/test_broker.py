@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from traffic.broker import KAFKA_VERSION, LocalBroker, jars_dir
+from devkit.broker import KAFKA_VERSION, LocalBroker, jars_dir
 from traffic.errors import BrokerError
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.topics import admin_client, create_topics

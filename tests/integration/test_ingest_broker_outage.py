@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 
 from ingest.service import IngestService
 from ingest.settings import IngestSettings
-from traffic.broker import LocalBroker, free_port
+from devkit.broker import LocalBroker, free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.topics import create_topics
 from traffic.wire import FrameHeaders

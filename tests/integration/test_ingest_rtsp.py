@@ -27,7 +27,7 @@ import pytest
 import yaml
 from kafka import KafkaConsumer
 
-from traffic.broker import free_port
+from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
@@ -37,7 +37,7 @@ BOGUS_PASSWORD = "b0gusSecret-9931"
 
 
 def _simulated_camera(video: Path) -> object:
-    from traffic.simulated_camera import SimulatedCamera, available
+    from devkit.simulated_camera import SimulatedCamera, available
 
     ok, reason = available()
     if not ok:

@@ -16,7 +16,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from traffic.simulated_camera import SimulatedCamera, SimulatedCameraError, available  # noqa: E402
+from devkit.simulated_camera import SimulatedCamera, SimulatedCameraError, available  # noqa: E402
 
 _OK, _REASON = available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"simulated camera unavailable: {_REASON}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from kafka import KafkaProducer
 
@@ -49,6 +52,32 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 
 
+def _readyz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_batch_composition_does_not_change_detections(shared: Path, model: Path) -> None:
+    """A frame alone, in a batch of 8, or at another place of a longer list: the same detections.
+
+    This is what lets ``traffic count`` (frame by frame) and the streaming worker (micro-batches
+    across cameras) produce identical counts.
+    """
+    from workers.detector import Detector, DetectorSettings
+
+    frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in video_jpegs(shared / "videos" / "intersection.mp4", 10)]
+    bus = cv2.imread(str(BUS))  # another frame size in the same batch (810x1080 beside 640x480)
+    detector = Detector(DetectorSettings(model=str(model), batch_size=8))
+    alone = [detector.detect([f])[0] for f in frames]
+    mixed = detector.detect([bus, *frames])  # 11 frames: chunks of 8 and 3, a foreign size first
+    assert mixed[1:] == alone
+    assert mixed[0] == detector.detect([bus])[0]
+    assert any(alone), "the sample frames have detections to compare"
+
+
 def test_shared_model_finds_one_bus_and_four_persons(model: Path) -> None:
     from workers.detector import Detector, DetectorSettings
 
@@ -67,6 +96,15 @@ def test_every_frame_gets_an_event_with_cars(kafka_settings: KafkaSettings, topi
     try:
         events = read_events(kafka_settings, topic_settings.detections, 60)
         assert _metric(port, "traffic_worker_model_loaded") == 1
+        status, detail = _readyz(port)
+        assert (status, detail["model"], detail["kafka"]) == (200, "ok", "ok"), detail
+        assert _metric(port, "traffic_worker_batch_size_count") > 0
+        lags = [_metric(port, "traffic_worker_consumer_lag")]
+        deadline = time.monotonic() + 15  # the gauge is refreshed every 2 s
+        while lags[-1] != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lags.append(_metric(port, "traffic_worker_consumer_lag"))
+        assert lags[-1] == 0, f"every frame consumed, lag gauge went {lags}"
     finally:
         assert _stop(proc) == 0, (tmp_path / "w.log").read_text()[-3000:]
     assert {e.seq for e in events if e.session == session} == set(range(60))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator.counting import CameraCounter
-from aggregator.synthetic import CAMERA, synthetic_site, synthetic_stream
+from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
 from traffic.errors import ConfigError, ContractError
 from traffic.site import Site, parse_site
 from traffic.wire import CrossingEvent, Detection, DetectionEvent

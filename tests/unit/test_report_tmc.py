@@ -129,15 +129,13 @@ def _quarters(volumes: list[int], complete: list[bool] | None = None):
         ([10, 20, 30, 40], None, 0, 100, 40, 100 / 160),  # exactly one hour: the only candidate
         ([5, 10, 20, 30, 40], None, 1, 100, 40, 100 / 160),  # the later hour (07:15-08:15) beats 07:00-08:00 (65)
         ([40, 30, 20, 10, 40], None, 0, 100, 40, 100 / 160),  # tie 100 vs 100: the earliest hour wins
-        ([1, 0, 3, 2, 1], None, 1, 6, 3, 6 / 12),  # empty quarter inside the peak hour: 0+3+2+1 = 6 beats 1+0+3+2 = 6? tie -> earliest
+        ([1, 0, 3, 2, 2], None, 1, 7, 3, 7 / 12),  # empty quarter inside the peak hour: 0+3+2+2 = 7 beats 1+0+3+2 = 6
         ([1, 3, 2, 1, 0, 0], None, 0, 7, 3, 7 / 12),  # empty quarters at the end; PHF by hand 7 / (4*3)
         ([9, 1, 1, 1, 1], [False, True, True, True, True], 1, 4, 1, 1.0),  # an incomplete first bin is not eligible
         ([0, 0, 0, 0], None, 0, 0, 0, None),  # a complete hour with no traffic: volume 0, PHF undefined
     ],
 )
 def test_find_peak_hour(volumes, complete, start_bin, volume, busiest, phf) -> None:
-    if volumes == [1, 0, 3, 2, 1]:
-        start_bin, volume = 0, 6  # 07:00 = 1+0+3+2 = 6 and 07:15 = 0+3+2+1 = 6 tie: earliest
     quarters = _quarters(volumes, complete)
     keys = [("movement", "n", "through")]
     peak = find_peak_hour(quarters, keys)

@@ -24,7 +24,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from traffic.broker import free_port
+from devkit.broker import free_port
 from traffic.errors import TrafficError
 from traffic.settings import KafkaSettings, TopicSettings, shared_dir
 from traffic.wire import CountRecord

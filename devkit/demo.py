@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from traffic.broker import LocalBroker
+from devkit.broker import LocalBroker
 from traffic.errors import ConfigError
-from traffic.local_pipeline import CountsReader, LocalPipeline, PipelineConfig
+from devkit.local_pipeline import CountsReader, LocalPipeline, PipelineConfig
 from traffic.settings import shared_dir
 from traffic.site import load_site
 
@@ -154,7 +154,7 @@ def _choose_source(opts: DemoOptions, site_source: str):
     if opts.source not in ("auto", "rtsp", "file"):
         return opts.source, None
     if opts.source in ("auto", "rtsp"):
-        from traffic.simulated_camera import SimulatedCamera, available
+        from devkit.simulated_camera import SimulatedCamera, available
 
         ok, reason = available()
         if ok:
