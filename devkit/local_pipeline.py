@@ -87,11 +87,11 @@ class CountsReader:
     """Latest CountRecord per (interval, series key), read from the counts topic; also end offsets."""
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        from kafka import KafkaConsumer
+        from traffic import clients
 
         self.records: dict[tuple[object, ...], CountRecord] = {}
-        self._consumer = KafkaConsumer(
-            topic, **kafka.kafka_python(), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        self._consumer = clients.consumer(
+            kafka, topic, client_id="traffic-counts-reader", auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
         )  # fmt: skip
 
     def poll(self) -> None:
@@ -151,7 +151,7 @@ class LocalPipeline:
         self.kafka = KafkaSettings(bootstrap_servers=cfg.bootstrap)
         self.topics = TopicSettings(
             frames=f"run-{run_id}.frames", detections=f"run-{run_id}.detections", crossings=f"run-{run_id}.crossings",
-            counts=f"run-{run_id}.counts", dlq=f"run-{run_id}.dlq", frames_partitions=max(4, cfg.workers),
+            counts=f"run-{run_id}.counts", dlq=f"run-{run_id}.dlq", frames_dlq=f"run-{run_id}.frames-dlq", frames_partitions=max(4, cfg.workers),
             detections_partitions=2, output_partitions=1,
         )  # fmt: skip
         self.run_id = run_id

@@ -52,6 +52,7 @@ def topic_settings(kafka_settings: KafkaSettings) -> TopicSettings:
         crossings=f"{prefix}.crossings",
         counts=f"{prefix}.counts",
         dlq=f"{prefix}.dlq",
+        frames_dlq=f"{prefix}.frames-dlq",
         frames_partitions=4,
         detections_partitions=2,
         output_partitions=1,
