@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval-min", type=float, default=15.0, help="report interval in minutes (default 15; the peak hour always uses 15-minute bins)")
     p.add_argument("--out-json", default=None, help="JSON result path (default <video>.counts.json in the current directory)")
     p.add_argument("--out-csv", default=None, help="turning-movement CSV path (default <video>.tmc.csv in the current directory)")
-    p.add_argument("--annotate", default=None, metavar="OUT.mp4", help="also write an annotated video (boxes, track ids, lines, zones, running counts)")
+    p.add_argument("--annotate", default=None, metavar="OUT.mp4", help="also write an annotated video (boxes, track ids, lines, zones, running counts; persons blurred)")
+    p.add_argument("--no-blur", action="store_true", help="do not blur persons in the annotated video (internal debugging only: it then shows the public)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.annotate:
         from aggregator.annotate import VideoAnnotator
 
-        annotator = VideoAnnotator(Path(args.annotate), camera, rate)
+        annotator = VideoAnnotator(Path(args.annotate), camera, rate, blur_persons=not args.no_blur)
 
     def on_frame(frame) -> None:  # type: ignore[no-untyped-def]
         if progress is not None:
@@ -79,7 +80,10 @@ def _run(args: argparse.Namespace) -> int:
         if annotator is not None:
             annotator(frame)
 
-    detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=tuple(site.counting.classes),
+    classes = tuple(site.counting.classes)
+    if annotator is not None and annotator.blur_persons and "person" not in classes:
+        classes += ("person",)  # to blur them; the counter tracks only the counted classes, NMS is per class: counts unchanged
+    detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=classes,
                                 conf=args.conf, batch_size=args.batch_size)  # fmt: skip
     try:
         result = count_video(video, site, args.camera, detector, start_ms=start_ms, fps=args.fps, on_frame=on_frame)

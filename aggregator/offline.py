@@ -54,6 +54,7 @@ class FrameResult:
     image: np.ndarray
     tracked: list[TrackedObject]
     crossings: list[CrossingEvent]
+    detections: tuple = ()  # the frame's detections, all classes (the annotator blurs the persons among them)
 
 
 @dataclass
@@ -149,7 +150,7 @@ def count_video(
             result.frames += 1
             last = event
             if on_frame is not None:
-                on_frame(FrameResult(event.seq, capture_ms, image, counter.last_tracked, crossings))
+                on_frame(FrameResult(event.seq, capture_ms, image, counter.last_tracked, crossings, event.detections))
         batch.clear()
 
     try:

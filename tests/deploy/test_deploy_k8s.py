@@ -316,3 +316,18 @@ def test_strimzi_topics_agree_with_the_code(objects_of, monkeypatch):
         assert rendered[name]["partitions"] == spec.partitions, name
         for key, value in spec.config.items():
             assert str(rendered[name]["config"].get(key)) == value, f"{name} {key}"
+
+
+def test_retention_defaults_of_the_manifests_are_the_codes(objects_of, monkeypatch):
+    """docs/privacy.md's defaults are what Kubernetes runs: the topics Job's retention settings and the
+    worker's DLQ image setting equal TopicSettings' defaults (Strimzi's KafkaTopics: the test above)."""
+    settings_module = pytest.importorskip("traffic.settings", reason="the traffic package is not importable here")
+    for name in [n for n in os.environ if n.startswith("TRAFFIC_TOPICS_")]:
+        monkeypatch.delenv(name)
+    defaults = settings_module.TopicSettings()
+    objs = objects_of("overlays/cpu")
+    topics_cm = [c for c in find(objs, "ConfigMap") if k8s_objects.base_name(c) == "traffic-topics"][0]["data"]
+    for field in ("frames_retention_ms", "detections_retention_ms", "output_retention_ms", "dlq_retention_ms"):
+        assert topics_cm[f"TRAFFIC_TOPICS_{field.upper()}"] == str(getattr(defaults, field)), field
+    worker = container(one(objs, "Deployment", "traffic-worker"), "worker")
+    assert env_value(worker, "TRAFFIC_TOPICS_DLQ_KEEP_FRAME_IMAGES") == str(defaults.dlq_keep_frame_images).lower() == "false"

@@ -147,3 +147,17 @@ def test_the_acls_tested_are_the_strimzi_kafkausers() -> None:
     ops = {u: {(r.resource_type, r.name, op) for r in rules for op in r.operations} for u, rules in users.items()}
     assert ("topic", "traffic.frames", "Read") not in ops["traffic-ingest"] | ops["traffic-keda"] | ops["traffic-aggregator"]
     assert not any(r.resource_type == "cluster" for rules in users.values() for r in rules), "no service needs cluster rights"
+
+
+def test_topics_command_without_create_rights_is_a_clear_config_error(provisioned) -> None:
+    """`traffic topics create` as a service principal: the existing topics it may see are `exists`, the rest refused, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    topics, who, _ = provisioned
+    env = {**os.environ, **clients.environment(who["worker"]), **{f"TRAFFIC_TOPICS_{k.upper()}": str(v) for k, v in topics.model_dump().items()}}
+    proc = subprocess.run([sys.executable, "-m", "traffic.cli", "topics", "create"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{topics.frames}: exists" in proc.stdout and f"{topics.counts}: not-authorized" in proc.stdout
+    assert "not authorized to create" in proc.stderr and who["worker"].sasl_password.get_secret_value() not in proc.stdout + proc.stderr
