@@ -78,6 +78,20 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the worker exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("the worker did not get ready")
+
+
 def _records_left(kafka: KafkaSettings, topic: str) -> int:
     consumer = clients.consumer(kafka, client_id="retention-probe")
     try:
@@ -98,13 +112,14 @@ def test_a_refused_frame_is_unreadable_with_its_image_after_the_frames_retention
     create_topics(kafka_settings, topics)
     good = video_jpegs(shared / "videos" / "intersection.mp4", 1)
     bad = good[0][: len(good[0]) // 2]  # a truncated JPEG from a real camera picture
-    headers = FrameHeaders("cam-demo", "demo-intersection", "sbad", 0, int(time.time() * 1000), 640, 480).to_kafka()
-    producer = clients.producer(kafka_settings, client_id="t", acks="all", max_request_size=4 * 1024 * 1024)
-    producer.send(topics.frames, key=b"cam-demo", value=bad, headers=headers).get(timeout=30)
-    producer.close()
-    session = publish_frames(kafka_settings, topics.frames, good)
-    proc, _ = start_worker(kafka_settings, topics, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}", {"TRAFFIC_WORKER_SITE_CONFIG": ""})
+    proc, port = start_worker(kafka_settings, topics, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}", {"TRAFFIC_WORKER_SITE_CONFIG": ""})
     try:
+        _wait_ready(port, proc)  # the frames themselves only live 6 s here: send them once the worker consumes
+        headers = FrameHeaders("cam-demo", "demo-intersection", "sbad", 0, int(time.time() * 1000), 640, 480).to_kafka()
+        producer = clients.producer(kafka_settings, client_id="t", acks="all", max_request_size=4 * 1024 * 1024)
+        producer.send(topics.frames, key=b"cam-demo", value=bad, headers=headers).get(timeout=30)
+        producer.close()
+        session = publish_frames(kafka_settings, topics.frames, good)
         events = read_events(kafka_settings, topics.detections, 1)
         kept = read_raw(kafka_settings, topics.frames_dlq, 1)
     finally:
