@@ -130,22 +130,15 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 
 
 def aiokafka_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection keyword arguments for aiokafka's AIOKafkaProducer / AIOKafkaConsumer / admin client."""
-    cfg: dict[str, Any] = {
-        "bootstrap_servers": check(kafka),
-        "security_protocol": kafka.security_protocol,
-        "request_timeout_ms": kafka.request_timeout_ms,
-        "retry_backoff_ms": kafka.retry_backoff_ms,
-    }
+    """Connection keyword arguments for aiokafka's AIOKafkaProducer / AIOKafkaConsumer / admin client.
+
+    The same names as kafka-python's, except that TLS is an ``ssl_context`` instead of a CA file.
+    """
+    cfg = connection(kafka)
+    cfg.pop("ssl_cafile", None)
     context = ssl_context(kafka)
     if context is not None:
         cfg["ssl_context"] = context
-    if kafka.security_protocol.startswith("SASL"):
-        cfg.update(
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value(),  # type: ignore[union-attr]
-        )
     return cfg
 
 

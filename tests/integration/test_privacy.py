@@ -26,17 +26,15 @@ from traffic.wire import FrameHeaders
 
 from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
 
-import ultralytics
-
-BUS = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+MODEL = Path("models") / "yolo11n_int8_openvino_model"  # below the shared folder
 
 
 @pytest.fixture(scope="module")
 def model(shared: Path) -> Path:
-    path = shared / "models" / "yolo11n_int8_openvino_model"
-    if not path.exists():
-        pytest.skip(f"shared model not found at {path}")
-    return path
+    """The shared OpenVINO model (the tests skip without it)."""
+    if not (shared / MODEL).exists():
+        pytest.skip(f"shared model not found at {shared / MODEL}")
+    return shared / MODEL
 
 
 def _topics(prefix: str, **kw) -> TopicSettings:
@@ -148,7 +146,10 @@ def test_the_annotator_blurs_the_persons_the_detector_finds(model: Path, tmp_pat
     from traffic.site import load_site
     from workers.detector import Detector, DetectorSettings
 
-    image = cv2.resize(cv2.imread(str(BUS)), (640, 480))
+    import ultralytics
+
+    bus = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"  # people in front of a bus, shipped with ultralytics
+    image = cv2.resize(cv2.imread(str(bus)), (640, 480))
     (found,) = Detector(DetectorSettings(model=str(model), classes=("person", "bus"), batch_size=1)).detect([image])
     persons = [d for d in found if d.label == "person"]
     assert len(persons) >= 2, found
