@@ -209,8 +209,8 @@ class LocalBroker:
 
     def client_settings(self, user: str, password: str | None = None, **overrides: object) -> KafkaSettings:
         """KafkaSettings of ``user`` (its own password unless one is given) for this broker."""
-        if not self.secure:
-            return KafkaSettings(bootstrap_servers=self.bootstrap, **overrides)  # type: ignore[arg-type]
+        if not self.secure:  # explicit: TRAFFIC_KAFKA_* of the environment must not turn this into SASL
+            return KafkaSettings(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT", **overrides)  # type: ignore[arg-type]
         if password is None:
             if user not in self.users:
                 raise BrokerError(f"no SCRAM user {user!r} on this broker (users: {', '.join(sorted(self.users))})")
