@@ -40,7 +40,7 @@ DEFAULT_REORDER_LIMIT = 50
 FINISHED_SESSIONS_KEPT = 16
 SNAPSHOT_VERSION = 1
 # What changes while counting; everything else comes from the site configuration at restore time.
-_DYNAMIC = ("_session", "_expected", "_buffer", "_finished_sessions", "_tracker", "_tracks", "duplicates", "skipped", "events", "last_capture_ms", "stream_ended")
+_DYNAMIC = ("_session", "_expected", "_buffer", "_finished_sessions", "_tracker", "_tracks", "duplicates", "skipped", "events", "last_capture_ms", "stream_ended", "_inferred")
 
 
 @dataclass(slots=True)
@@ -111,6 +111,7 @@ class CameraCounter:
         self._finished_sessions: list[str] = []
         self.stream_ended = False  # the current session's end marker was processed: nothing more will come
         self.last_tracked: list[TrackedObject] = []  # tracks of the last processed event (not part of the state)
+        self._inferred: tuple[int, tuple] = (-1, ())  # (seq, detections) of the session's last inferred frame
         self._tracker: CameraTracker | None = None
         self._tracks: dict[int, TrackState] = {}
         self.duplicates = 0
@@ -218,6 +219,7 @@ class CameraCounter:
         self._expected = 0
         self._buffer = {}
         self._tracks = {}
+        self._inferred = (-1, ())
         self._tracker = CameraTracker(self._camera.fps, self._timeout_ms / 1000, self._classes)
 
     def _end_session(self) -> list[CrossingEvent]:
@@ -240,6 +242,11 @@ class CameraCounter:
         now = event.capture_ms
         self.last_capture_ms = now if self.last_capture_ms is None else max(self.last_capture_ms, now)
         out: list[CrossingEvent] = []
+        if event.reused_from_seq is not None:  # an unchanged frame (docs/contracts.md): its reference's detections
+            reused = self._inferred[1] if self._inferred[0] == event.reused_from_seq else ()
+            event = event.model_copy(update={"detections": reused})
+        elif not event.end_of_session:
+            self._inferred = (event.seq, event.detections)
         self.last_tracked = self._tracker.update(event)  # for drawing (aggregator.annotate); never counted from
         for obj in self.last_tracked:
             state = self._tracks.get(obj.track_id)

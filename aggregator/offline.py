@@ -4,6 +4,9 @@
     workers.detector.Detector ─> DetectionEvent per frame ─> aggregator.counting.CameraCounter
     ─> ... and one end-of-session event, as the ingester sends at the end of a file
 
+With an activity rule, ``ingest.activity.ActivityGate`` marks unchanged frames in seq order as
+the ingester's publisher does; those skip the model and their events say ``reused_from_seq``.
+
 Each step is the function the services call (the ingester samples and encodes, a worker decodes
 and detects, the aggregator counts), in the same order and with the same settings from the site
 file, so ``traffic count`` and the streaming pipeline give identical counts for the same frames.
@@ -25,6 +28,7 @@ import cv2
 import numpy as np
 
 from aggregator.counting import CameraCounter, TrackedObject
+from ingest.activity import ActivityGate, ActivityRule
 from ingest.encoder import JpegEncoder
 from ingest.sampler import SampledFrame, sample_file
 from ingest.sources import SourceError
@@ -63,6 +67,7 @@ class OfflineResult:
 
     crossings: list[CrossingEvent] = field(default_factory=list)
     frames: int = 0
+    reused: int = 0  # frames the activity gate passed on unchanged (no model call)
     wall_s: float = 0.0
     start_ms: int = 0
     end_ms: int = 0
@@ -113,6 +118,7 @@ def count_video(
     start_ms: int = 0,
     fps: float | None = None,
     on_frame: Callable[[FrameResult], None] | None = None,
+    activity: ActivityRule | None = None,
 ) -> OfflineResult:
     """Run sampling, encoding, detection and counting over ``video`` for ``camera_id``.
 
@@ -124,27 +130,31 @@ def count_video(
         start_ms: capture time of the first frame, epoch ms (intervals follow the clock).
         fps: sampling rate; default the camera's ``fps`` in the site file.
         on_frame: called after each frame (progress, annotation).
+        activity: the ingester's activity rule (``IngestSettings.activity_rule()``); None = every frame inferred.
     """
     intersection, camera = site.camera(camera_id)
     check_geometry(camera)
     _, file_fps, _, _ = probe_video(video)
     rate = fps or camera.fps
-    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality)
+    gate = ActivityGate(activity) if activity is not None and activity.enabled else None
+    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality, gate.rule.thumb_width if gate is not None else 0)
     model = Detector(detector)
     counter = CameraCounter(site, camera_id)
     result = OfflineResult(start_ms=start_ms, model=model.model_name)
     started = time.monotonic()
-    batch: list[tuple[int, np.ndarray]] = []
+    batch: list[tuple[int, np.ndarray, int | None]] = []  # (capture ms, image, unchanged since seq)
     last: DetectionEvent | None = None
 
     def flush() -> None:
         nonlocal last
-        found = model.detect([image for _, image in batch])
-        for (capture_ms, image), detections in zip(batch, found):
+        inferred = iter(model.detect([image for _, image, reused in batch if reused is None]))
+        for capture_ms, image, reused in batch:
             event = DetectionEvent(
                 camera=camera_id, intersection=intersection.id, session=OFFLINE_SESSION, seq=result.frames,
-                capture_ms=capture_ms, model=model.model_name, width=image.shape[1], height=image.shape[0], detections=detections,
+                capture_ms=capture_ms, model=model.model_name, width=image.shape[1], height=image.shape[0],
+                detections=next(inferred) if reused is None else (), reused_from_seq=reused,
             )  # fmt: skip
+            result.reused += reused is not None
             crossings = counter.update(event)
             result.crossings += crossings
             result.frames += 1
@@ -158,8 +168,14 @@ def count_video(
     except SourceError as exc:
         raise VideoError(f"video {video}: {exc}") from None
     with _Prefetch(_round_trip(frames, encoder)) as decoded:
-        for capture_ms, image in decoded:
-            batch.append((capture_ms, image))
+        for capture_ms, image, thumb in decoded:
+            reused = None
+            if gate is not None:  # in seq order, as the ingester's publisher decides
+                seq = result.frames + len(batch)
+                reused = gate.unchanged_since(thumb, capture_ms)
+                if reused is None:
+                    gate.sent(thumb, capture_ms, seq)
+            batch.append((capture_ms, image, reused))
             if len(batch) >= detector.batch_size:
                 flush()
     if batch:
@@ -173,16 +189,17 @@ def count_video(
     log.info(
         "video counted",
         extra={"camera": camera_id, "frames": result.frames, "crossings": len(result.crossings), "wall_s": round(result.wall_s, 2),
-               "sampling_fps": rate, "model": result.model},
+               "sampling_fps": rate, "model": result.model, "reused": result.reused},
     )  # fmt: skip
     return result
 
 
-def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[tuple[int, np.ndarray]]:
-    """(capture ms, image) as a worker sees it: the ingester's resize + JPEG, then the worker's decode."""
+def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """(capture ms, image, activity thumbnail) as a worker sees it: the ingester's resize + JPEG, then the worker's decode."""
     try:
         for frame in frames:
-            yield frame.capture_ms, decode_jpeg(encoder.encode(frame.image).jpeg)
+            encoded = encoder.encode(frame.image)
+            yield frame.capture_ms, decode_jpeg(encoded.jpeg), encoded.thumb
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
@@ -200,13 +217,13 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, items: Iterator[tuple[int, np.ndarray]], depth: int = PREFETCH_FRAMES) -> None:
+    def __init__(self, items: Iterator[tuple[int, np.ndarray, np.ndarray | None]], depth: int = PREFETCH_FRAMES) -> None:
         self._items = items
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="count-prefetch", daemon=True)
 
-    def __enter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def __enter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         self._thread.start()
         return self._consume()
 
@@ -233,7 +250,7 @@ class _Prefetch:
             if close is not None:
                 close()  # releases the video capture
 
-    def _consume(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _consume(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         while True:
             item = self._queue.get()
             if item is self._END:

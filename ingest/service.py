@@ -112,7 +112,8 @@ class CameraRunner(threading.Thread):
         self._publisher = publisher
         self._metrics = metrics
         self._stop_event = stop
-        self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality)
+        rule = settings.activity_rule()
+        self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality, rule.thumb_width if rule.enabled else 0)
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.state = CameraState.CONNECTING
         self.sessions = 0
@@ -222,7 +223,7 @@ class CameraRunner(threading.Thread):
             self._metrics.dropped(camera, "encode_failed")
             log.warning("frame not encodable", extra={"camera": camera, "error": str(exc)})
             return None
-        frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg)
+        frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg, thumb=encoded.thumb)
         self._publisher.submit(frame, stop=self._stop_event)
         return frame
 

@@ -21,6 +21,8 @@ class WorkerSettings(BaseSettings):
     iou: float = Field(default=0.7, ge=0, le=1, description="NMS IoU threshold")
     imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (pixels)")
     batch_size: int = Field(default=8, ge=1, le=256, description="frames per inference batch (also max_poll_records)")
+    streams: int = Field(default=0, ge=0, le=64, description="parallel OpenVINO inference requests for a batch-1 OpenVINO export on the CPU (0 = OpenVINO's THROUGHPUT choice for this CPU, 1 = Ultralytics' single-request path); other models use Ultralytics' batches")
+    pipeline_batches: int = Field(default=3, ge=1, le=64, description="polled batches in flight at once (decoding, in the model, waiting for acks); at most this many x batch_size frames are redone after a crash or rebalance")
     max_wait_ms: int = Field(default=50, ge=0, le=10_000, description="longest wait to fill a batch once its first frame arrived (ms)")
     group_id: str = Field(default="traffic-workers", min_length=1, description="consumer group; KEDA scales on its lag")
     metrics_port: int = Field(default=9102, ge=0, le=65535, description="port of /metrics /healthz /readyz (0 = any free)")
