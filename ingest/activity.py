@@ -41,7 +41,7 @@ class ActivityRule:
     enabled: bool = True
     thumb_width: int = 80
     pixel_delta: int = 12
-    changed_fraction: float = 0.002
+    changed_fraction: float = 0.001
     max_reuse_ms: int = 3000
 
 

@@ -227,3 +227,74 @@ def test_end_of_session_marker_becomes_an_end_event(kafka_settings: KafkaSetting
         _stop(proc)
     assert [(e.seq, e.end_of_session) for e in events] == [(0, False), (1, False), (2, False), (3, True)]
     assert events[-1].detections == () and events[-1].capture_ms == 1_000_200
+
+
+def test_streams_give_ultralytics_detections(shared: Path, model: Path) -> None:
+    """The OpenVINO-streams engine (the default for this export) finds exactly what Ultralytics' predict finds."""
+    from ultralytics import YOLO
+
+    from workers.detector import Detector, DetectorSettings
+
+    frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in video_jpegs(shared / "videos" / "intersection.mp4", 12)]
+    frames.append(cv2.imread(str(BUS)))  # another size: the letterbox differs
+    detector = Detector(DetectorSettings(model=str(model)))
+    assert detector.engine == "openvino-streams" and detector.parallelism >= 1
+    plain = YOLO(str(model), task="detect")
+    expected = []
+    for frame in frames:
+        (result,) = plain.predict(frame, conf=0.25, iou=0.7, classes=detector.class_ids, verbose=False)
+        expected.append(detector._detections(result))  # noqa: SLF001 - the same conversion, to compare the model's output
+    assert detector.detect(frames) == expected
+    single = Detector(DetectorSettings(model=str(model), streams=1))
+    assert single.engine == "ultralytics" and single.detect(frames) == expected
+
+
+def test_unchanged_frames_skip_the_model_and_say_which_frame_they_reuse(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                          shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Frames the ingester marked unchanged (no JPEG) become events with reused_from_seq and no detections."""
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 3)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs, start_ms=2_000_000)
+    producer = KafkaProducer(**kafka_settings.kafka_python(), acks="all")
+    for seq in (3, 4, 5):
+        headers = FrameHeaders("cam-demo", "demo-intersection", session, seq, 2_000_000 + seq * 100, 640, 480, unchanged_since=2)
+        producer.send(topic_settings.frames, key=b"cam-demo", value=b"", headers=headers.to_kafka())
+    producer.flush()
+    producer.close()
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    try:
+        events = sorted(read_events(kafka_settings, topic_settings.detections, 6), key=lambda e: e.seq)
+        reused = _metric(port, "traffic_worker_frames_reused_total")
+        decoded = _metric(port, "traffic_worker_decode_seconds_count")
+    finally:
+        assert _stop(proc) == 0
+    assert [(e.seq, e.reused_from_seq) for e in events] == [(0, None), (1, None), (2, None), (3, 2), (4, 2), (5, 2)]
+    assert all(e.detections for e in events[:3]) and not any(e.detections for e in events[3:])
+    assert all(e.inference_ms is None for e in events[3:])
+    assert (reused, decoded) == (3, 3)
+
+
+def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                        shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """SIGTERM mid-stream: the batches in flight are finished, acknowledged and committed; the next worker goes on after them."""
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 80)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _metric(port, "traffic_worker_events_out_total") >= 16:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    assert _stop(proc) == 0, (tmp_path / "w1.log").read_text()[-3000:]
+    proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 80, timeout_s=180)
+    finally:
+        _stop(proc2)
+    seqs = [e.seq for e in events if e.session == session]
+    assert set(seqs) == set(range(80)), "a frame lost its event"
+    # A clean drain commits everything the first worker published, so the second one redoes nothing.
+    assert len(seqs) == 80, f"{len(seqs) - 80} frames were published twice after a clean SIGTERM"

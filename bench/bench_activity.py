@@ -1,0 +1,141 @@
+"""Activity-adaptive inference: counts with and without it, and the model calls it saves.
+
+Why: skipping the model on frames that hardly differ from the last inferred one must not change
+a count, and should save most model calls where nothing moves (night, an empty road). Same
+videos, same model, same run, through ``aggregator.offline.count_video`` - the code of
+``traffic count``, which runs the ingester's :class:`ingest.activity.ActivityGate` in seq order
+exactly as the streaming pipeline does:
+
+* off - every sampled frame through the model (``traffic count --no-activity``);
+* on  - the default rule of ``IngestSettings`` (``TRAFFIC_INGEST_ACTIVITY_*``).
+
+Per video: line and movement totals of both runs (they must be equal), frames, model calls
+saved, and wall time (off and on interleaved per video; the machine's 2 cores are shared, so a
+single timing can be off by 50 %). Videos without a site file of their own in ``deploy/sites``
+get a generic measuring site (a horizontal and a vertical line through the middle, four edge
+zones): equal counts on it still show the gate changes nothing, but those counts are not labelled.
+
+    .venv/bin/python bench/bench_activity.py [--videos intersection night_approach ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchdoc import machine, write_section  # noqa: E402
+from traffic.settings import shared_dir  # noqa: E402
+from traffic.site import load_site  # noqa: E402
+
+VIDEOS = ("intersection", "night_approach", "hanoi_intersection", "jakarta_arterial", "pedestrians_1080p")
+
+
+def site_for(video: Path, tmp: Path) -> tuple[Path, str, bool]:
+    """(site file, camera id, labelled?) for ``video``: a site of deploy/sites whose camera plays it, else a generic one."""
+    for path in sorted((REPO / "deploy" / "sites").glob("*.yaml")):
+        try:
+            site = load_site(path)
+        except Exception:  # noqa: BLE001 - a site that needs other environment is simply not used here
+            continue
+        for camera_id, (_, camera) in site.cameras().items():
+            if Path(camera.resolved_source()).name == video.name:
+                return path, camera_id, True
+    generic = {
+        "intersections": [{"id": "measure", "cameras": [{
+            "id": "cam-measure", "source": str(video), "fps": 10, "max_width": 640, "jpeg_quality": 80,
+            "approaches": [
+                {"id": "north", "compass": "north", "polygon": [[0.2, 0.0], [0.8, 0.0], [0.8, 0.2], [0.2, 0.2]]},
+                {"id": "east", "compass": "east", "polygon": [[0.8, 0.2], [1.0, 0.2], [1.0, 0.8], [0.8, 0.8]]},
+                {"id": "south", "compass": "south", "polygon": [[0.2, 0.8], [0.8, 0.8], [0.8, 1.0], [0.2, 1.0]]},
+                {"id": "west", "compass": "west", "polygon": [[0.0, 0.2], [0.2, 0.2], [0.2, 0.8], [0.0, 0.8]]},
+            ],
+            "lines": [
+                {"id": "h-mid", "points": [[0.05, 0.5], [0.95, 0.5]], "in_label": "southbound", "out_label": "northbound"},
+                {"id": "v-mid", "points": [[0.5, 0.05], [0.5, 0.95]], "in_label": "westbound", "out_label": "eastbound"},
+            ],
+        }]}],
+        "counting": {"classes": ["car", "bus", "truck", "motorcycle", "bicycle"], "track_timeout_s": 2.0, "line_hysteresis": 0.01},
+    }  # fmt: skip
+    path = tmp / f"{video.stem}.site.yaml"
+    path.write_text(yaml.safe_dump(generic))
+    return path, "cam-measure", False
+
+
+def totals(crossings: list) -> dict[str, int]:
+    """Counts by (kind, line/movement, direction, class) as sorted 'key: n' strings."""
+    out: Counter[str] = Counter()
+    for c in crossings:
+        key = f"line {c.line} {c.direction}" if c.kind == "line" else f"movement {c.approach}>{c.exit} {c.movement}"
+        out[f"{key} {c.vehicle_class}"] += 1
+    return dict(sorted(out.items()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", nargs="*", default=list(VIDEOS))
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--json", default="", help="also write the raw figures to this JSON file")
+    args = parser.parse_args()
+    from aggregator.offline import count_video
+    from ingest.settings import IngestSettings
+    from workers.detector import DetectorSettings
+
+    rule = IngestSettings().activity_rule()
+    model = str(shared_dir() / "models" / "yolo11n_int8_openvino_model")
+    rows, raw = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.videos:
+            video = shared_dir() / "videos" / f"{name}.mp4"
+            site_path, camera, labelled = site_for(video, Path(tmp))
+            site = load_site(site_path)
+            detector = DetectorSettings(model=model, classes=tuple(site.counting.classes))
+            started = time.perf_counter()
+            off = count_video(video, site, camera, detector)
+            off_s = time.perf_counter() - started
+            started = time.perf_counter()
+            on = count_video(video, site, camera, detector, activity=rule)
+            on_s = time.perf_counter() - started
+            same = totals(off.crossings) == totals(on.crossings)
+            raw[name] = {"frames": off.frames, "reused": on.reused, "same": same, "off_s": off_s, "on_s": on_s,
+                         "off": totals(off.crossings), "on": totals(on.crossings), "site": site_path.name if labelled else "generic"}  # fmt: skip
+            print(f"{name}: {off.frames} frames, {on.reused} reused, counts equal: {same}, {off_s:.1f} s -> {on_s:.1f} s", flush=True)
+            rows.append(
+                f"| {name}.mp4 | {site_path.name if labelled else 'generic measuring site'} | {off.frames} | "
+                f"{len(off.crossings)} | {len(on.crossings)} | {'**yes**' if same else '**NO**'} | {on.reused} "
+                f"({100 * on.reused / max(1, off.frames):.0f} %) | {off_s / on_s:.2f} |"
+            )
+            if not same:
+                print("  off:", off.crossings and totals(off.crossings), "\n  on: ", totals(on.crossings))
+    text = "\n".join([
+        f"`bench/bench_activity.py`, {machine()}. `traffic count`'s code (`count_video`) over each whole video at the "
+        f"site's fps (10; hanoi_intersection.mp4 has 6), shared YOLO11n INT8 OpenVINO, activity gating off and on (the "
+        f"default rule: {rule.thumb_width} px grey thumbnail, a pixel changed above {rule.pixel_delta} grey levels, "
+        f"unchanged when at most {100 * rule.changed_fraction:.1f} % of them changed, a whole frame at least every "
+        f"{rule.max_reuse_ms / 1000:g} s). *Crossings* = line crossings + movements; *equal* = the same totals per line, "
+        f"direction, movement and class. Speed = wall time off / on (one run each, interleaved; noisy machine).",
+        "",
+        "| video | site | frames | crossings off | crossings on | equal | model calls saved | speed on/off |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+        *rows,
+    ])  # fmt: skip
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=2))
+    if not args.no_write:
+        write_section("Activity-adaptive inference", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
