@@ -47,6 +47,7 @@ import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
 
 from traffic import clients
 from traffic.dlq import frame_dead_letter
@@ -84,7 +85,7 @@ class Batch:
     fetch_s: float = 0.0
     decode_s: float = 0.0
     to_infer: int = 0  # frames still in the model
-    sends: int = 0  # sends issued (DLQ records and events)
+    events: int = 0  # detection events sent
     unacked: int = 0  # sends not yet acknowledged
     published: bool = False  # the publish thread has issued every event send
     failed: BaseException | None = None  # a send failed: redo the batch
@@ -339,7 +340,7 @@ class Worker:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         frames = sum(len(b.records) for b in batches)
         for batch in batches:
-            metrics.EVENTS_OUT.inc(len(batch.frames))  # end-of-session markers included: they are events too
+            metrics.EVENTS_OUT.inc(batch.events)  # end-of-session markers included: they are events too
             metrics.PUBLISH_SECONDS.observe(max(0.0, batch.acked_at - batch.sent_at))
             for r in batch.records:
                 tp = TopicPartition(r.topic, r.partition)
@@ -370,7 +371,6 @@ class Worker:
         """Produce one record for ``batch``; its acknowledgement (or failure) is counted on the batch."""
         assert self.producer is not None
         with self._progress:
-            batch.sends += 1
             batch.unacked += 1
         try:
             future = self.producer.send(topic, key=key, value=value, headers=headers)
@@ -433,8 +433,6 @@ class Worker:
 
     # -- publish thread ------------------------------------------------------------------------
     def _publish_loop(self) -> None:
-        assert self.detector is not None
-        model = self.detector.model_name
         while True:
             batch = self._publish_q.get()
             if batch is _STOP:
@@ -443,29 +441,43 @@ class Worker:
                 self._progress.wait_for(lambda: batch.to_infer == 0 or batch.error is not None)
             if batch.error is not None:
                 continue
-            model_s = sum(f.times.total for f in batch.frames if f.times is not None)
-            if model_s:
-                metrics.INFERENCE_SECONDS.observe(model_s)
-            for frame in batch.frames:  # input order: a camera's events keep their frames' order
-                h = frame.headers
-                started = time.perf_counter()
-                event = DetectionEvent(
-                    camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
-                    model=model, width=h.width, height=h.height, detections=frame.detections,
-                    inference_ms=round(frame.times.total * 1000, 2) if frame.times is not None else None,
-                    end_of_session=h.end, reused_from_seq=h.unchanged_since,
-                )  # fmt: skip
-                value = event.encode()
-                encoded = time.perf_counter()
-                self._send(batch, self.topics.detections, h.camera.encode(), value)
-                batch.serialize_s += encoded - started
-                batch.produce_s += time.perf_counter() - encoded
+            try:
+                self._publish(batch)
+            except Exception as exc:  # noqa: BLE001 - fatal (the worker restarts, the batch is redone); never a silent stall
+                log.exception("publishing a batch failed")
+                batch.error = exc
             with self._progress:
                 batch.published = True
                 batch.sent_at = time.perf_counter()
                 if batch.unacked == 0:
                     batch.acked_at = batch.sent_at
                 self._progress.notify_all()
+
+    def _publish(self, batch: Batch) -> None:
+        """One event per frame, in poll order; a frame whose headers make no valid event goes to the DLQ."""
+        assert self.detector is not None
+        model_s = sum(f.times.total for f in batch.frames if f.times is not None)
+        if model_s:
+            metrics.INFERENCE_SECONDS.observe(model_s)
+        for frame in batch.frames:  # input order: a camera's events keep their frames' order
+            h = frame.headers
+            started = time.perf_counter()
+            try:
+                event = DetectionEvent(
+                    camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
+                    model=self.detector.model_name, width=h.width, height=h.height, detections=frame.detections,
+                    inference_ms=round(frame.times.total * 1000, 2) if frame.times is not None else None,
+                    end_of_session=h.end, reused_from_seq=h.unchanged_since,
+                )  # fmt: skip
+            except ValidationError as exc:
+                self._dead_letter(batch, frame.record, ContractError(f"no valid detection event: {exc.errors()[0]['msg']}", "malformed"))
+                continue
+            value = event.encode()
+            encoded = time.perf_counter()
+            self._send(batch, self.topics.detections, h.camera.encode(), value)
+            batch.events += 1
+            batch.serialize_s += encoded - started
+            batch.produce_s += time.perf_counter() - encoded
 
 
 def _observe_frames(stage: str, seconds: float, frames: int) -> None:

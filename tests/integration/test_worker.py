@@ -298,3 +298,44 @@ def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_set
     assert set(seqs) == set(range(80)), "a frame lost its event"
     # A clean drain commits everything the first worker published, so the second one redoes nothing.
     assert len(seqs) == 80, f"{len(seqs) - 80} frames were published twice after a clean SIGTERM"
+
+
+def test_rebalance_with_batches_in_flight_loses_nothing_and_commits_everything(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                                shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """A second worker joins while the first is busy with a backlog (partitions revoked with batches in flight)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 30)
+    cameras = [f"cam-{i}" for i in range(6)]  # 6 keys over the 4 partitions
+    for camera in cameras:
+        publish_frames(kafka_settings, topic_settings.frames, jpegs, camera=camera)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    first, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
+    second = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if _metric(port, "traffic_worker_events_out_total") >= 24:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        second, port2 = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
+        events = read_events(kafka_settings, topic_settings.detections, 6 * 30, timeout_s=240)
+        assert _metric(port2, "traffic_worker_frames_in_total") > 0, "the second worker got no partition"
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                assert _stop(proc) == 0
+    assert {(e.camera, e.seq) for e in events} == {(c, s) for c in cameras for s in range(30)}
+    consumer = KafkaConsumer(**kafka_settings.kafka_python())
+    admin = KafkaAdminClient(**kafka_settings.kafka_python())
+    try:
+        parts = [TopicPartition(topic_settings.frames, p) for p in consumer.partitions_for_topic(topic_settings.frames)]
+        ends = consumer.end_offsets(parts)
+        committed = {tp: om.offset for tp, om in admin.list_consumer_group_offsets(group).items()}
+    finally:
+        consumer.close()
+        admin.close()
+    assert {tp: committed.get(tp, 0) for tp in parts} == ends, "after the drain every frame's offset is committed"
