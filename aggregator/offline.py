@@ -144,9 +144,10 @@ def count_video(
     started = time.monotonic()
     batch: list[tuple[int, np.ndarray, int | None]] = []  # (capture ms, image, unchanged since seq)
     last: DetectionEvent | None = None
+    reference: tuple = ()  # detections of the last inferred frame: what an unchanged frame shows (and the annotator blurs)
 
     def flush() -> None:
-        nonlocal last
+        nonlocal last, reference
         inferred = iter(model.detect([image for _, image, reused in batch if reused is None]))
         for capture_ms, image, reused in batch:
             event = DetectionEvent(
@@ -155,12 +156,14 @@ def count_video(
                 detections=next(inferred) if reused is None else (), reused_from_seq=reused,
             )  # fmt: skip
             result.reused += reused is not None
+            if reused is None:
+                reference = event.detections
             crossings = counter.update(event)
             result.crossings += crossings
             result.frames += 1
             last = event
             if on_frame is not None:
-                on_frame(FrameResult(event.seq, capture_ms, image, counter.last_tracked, crossings, event.detections))
+                on_frame(FrameResult(event.seq, capture_ms, image, counter.last_tracked, crossings, event.detections if reused is None else reference))
         batch.clear()
 
     try:
