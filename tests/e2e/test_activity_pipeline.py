@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from aggregator.offline import count_video
 from devkit.local_pipeline import LocalPipeline, PipelineConfig
 from ingest.settings import IngestSettings
@@ -24,11 +26,13 @@ from workers.detector import DetectorSettings
 from .test_pipeline import _run
 
 
-def test_gated_stream_with_a_killed_worker_gives_the_offline_counts(kafka_bootstrap: str, shared: Path, tmp_path: Path) -> None:
+def test_gated_stream_with_a_killed_worker_gives_the_offline_counts(kafka_bootstrap: str, shared: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     video = make_video(shared / "videos" / "intersection.mp4", tmp_path / "synthetic.mp4",
                        [eastbound(0, 40), westbound(160, 40)], total_frames=200, fps=10)  # fmt: skip
     site_path = site_file(tmp_path / "site.yaml", video, fps=10, track_timeout_s=2.0)
     site = load_site(site_path)
+    monkeypatch.setenv("TRAFFIC_AGGREGATOR_SITE_CONFIG", str(site_path))  # the aggregator's own setting (LocalPipeline sets TRAFFIC_SITE_CONFIG)
     model = shared / "models" / "yolo11n_int8_openvino_model"
     offline = count_video(video, site, "cam-synth", DetectorSettings(model=str(model), classes=tuple(site.counting.classes)),
                           activity=IngestSettings().activity_rule())  # fmt: skip
