@@ -23,9 +23,10 @@ drops records of revoked partitions from the batch being filled. Batches already
 (their events are published) but are committed only for partitions still assigned afterwards;
 the new owner of a revoked partition starts at its last committed offset and publishes those
 frames again. A worker killed mid-batch (``kill -9``) leaves its last batches uncommitted in the
-same way. Either way a frame can get more than one event, never none; at most
-``pipeline_batches x batch_size`` frames per partition are redone. The aggregator de-duplicates by
-(camera, session, seq), so this never changes counts.
+same way. Either way a frame can get more than one event, never none; what is redone is at most
+the batches in flight (``pipeline_batches x batch_size`` frames) plus those acknowledged since the
+last commit (commits are batched, every ``commit_interval_ms``, and forced before stopping).
+The aggregator de-duplicates by (camera, session, seq), so this never changes counts.
 
 Unchanged frames (``unchanged-since`` header, no JPEG: the ingester saw no activity) skip decode
 and the model: the event says ``reused_from_seq`` and the aggregator, which sees a camera's
@@ -136,6 +137,8 @@ class Worker:
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self._inflight: deque[Batch] = deque()
+        self._uncommitted: list[Batch] = []  # acknowledged, in poll order, not yet committed
+        self._last_commit = 0.0
         self._progress = threading.Condition()  # notified whenever a batch moves (inferred, published, acked)
         self._infer_q: queue.Queue[Any] = queue.Queue()
         self._publish_q: queue.Queue[Any] = queue.Queue()
@@ -209,7 +212,7 @@ class Worker:
                 self._update_lag()
                 last_lag = time.monotonic()
         self._wait_inflight(self.settings.publish_timeout_s + 30)
-        self._settle(rewind=False)
+        self._settle(rewind=False, force=True)
         log.info("stopping: batches in flight done, offsets committed", extra={"left_uncommitted": len(self._inflight)})
 
     def drop_partitions(self, revoked: set[TopicPartition]) -> None:
@@ -297,18 +300,21 @@ class Worker:
         with self._progress:
             self._progress.wait_for(lambda: all(b.done for b in self._inflight), timeout=timeout_s)
 
-    def _settle(self, rewind: bool = True) -> None:
-        """Commit the acknowledged prefix of the batches in flight; redo from a failed one."""
-        done: list[Batch] = []
+    def _settle(self, rewind: bool = True, force: bool = False) -> None:
+        """Take the acknowledged prefix of the batches in flight; commit it every ``commit_interval_ms``; redo from a failed one."""
         while self._inflight and self._inflight[0].done:
             head = self._inflight[0]
             if head.error is not None:
                 raise RuntimeError(f"inference failed: {head.error!r}") from head.error
             if head.failed is not None:
                 break
-            done.append(self._inflight.popleft())
-        if done:
-            self._commit(done)
+            self._uncommitted.append(self._inflight.popleft())
+            self._acknowledged(head)
+        due = time.monotonic() - self._last_commit >= self.settings.commit_interval_ms / 1000
+        if self._uncommitted and (force or due):
+            self._commit(self._uncommitted)
+            self._uncommitted = []
+            self._last_commit = time.monotonic()
         if self._inflight and self._inflight[0].done and self._inflight[0].failed is not None and rewind:
             self._rewind()
 
@@ -316,6 +322,7 @@ class Worker:
         """A send failed: let the rest finish, seek back to the first uncommitted offsets, back off a little."""
         assert self.consumer is not None
         log.error("publishing failed; the batch will be processed again", extra={"error": repr(self._inflight[0].failed)})
+        self._settle(rewind=False, force=True)  # what was acknowledged before the failed batch stays done
         self._wait_inflight(self.settings.publish_timeout_s + 30)
         firsts = self._first_offsets(self._inflight)
         self._inflight.clear()
@@ -334,22 +341,25 @@ class Worker:
                 firsts[tp] = min(firsts.get(tp, r.offset), r.offset)
         return firsts
 
+    def _acknowledged(self, batch: Batch) -> None:
+        """Metrics of a batch whose every send was acknowledged."""
+        metrics.EVENTS_OUT.inc(batch.events)  # end-of-session markers included: they are events too
+        metrics.PUBLISH_SECONDS.observe(max(0.0, batch.acked_at - batch.sent_at))
+        _observe_frames("fetch", batch.fetch_s, len(batch.records))
+        _observe_frames("serialize", batch.serialize_s, len(batch.frames))
+        _observe_frames("produce", batch.produce_s, len(batch.frames))
+        _observe_frames("ack_wait", max(0.0, batch.acked_at - batch.sent_at), len(batch.records))
+
     def _commit(self, batches: list[Batch]) -> None:
         """Commit the offsets after ``batches`` (acknowledged, in poll order) in one request."""
         assert self.consumer is not None
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         frames = sum(len(b.records) for b in batches)
         for batch in batches:
-            metrics.EVENTS_OUT.inc(batch.events)  # end-of-session markers included: they are events too
-            metrics.PUBLISH_SECONDS.observe(max(0.0, batch.acked_at - batch.sent_at))
             for r in batch.records:
                 tp = TopicPartition(r.topic, r.partition)
                 if tp not in offsets or offsets[tp].offset < r.offset + 1:
                     offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-            _observe_frames("fetch", batch.fetch_s, len(batch.records))
-            _observe_frames("serialize", batch.serialize_s, len(batch.frames))
-            _observe_frames("produce", batch.produce_s, len(batch.frames))
-            _observe_frames("ack_wait", max(0.0, batch.acked_at - batch.sent_at), len(batch.records))
         assigned = self.consumer.assignment()
         offsets = {tp: om for tp, om in offsets.items() if tp in assigned}
         if not offsets:

@@ -23,6 +23,7 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(default=8, ge=1, le=256, description="frames per inference batch (also max_poll_records)")
     streams: int = Field(default=0, ge=0, le=64, description="parallel OpenVINO inference requests for a batch-1 OpenVINO export on the CPU (0 = OpenVINO's THROUGHPUT choice for this CPU, 1 = Ultralytics' single-request path); other models use Ultralytics' batches")
     pipeline_batches: int = Field(default=3, ge=1, le=64, description="polled batches in flight at once (decoding, in the model, waiting for acks); at most this many x batch_size frames are redone after a crash or rebalance")
+    commit_interval_ms: int = Field(default=500, ge=0, le=60_000, description="commit acknowledged offsets at most this often (ms; 0 = after every batch); always before stopping. A crash or rebalance redoes what was acknowledged since")
     max_wait_ms: int = Field(default=50, ge=0, le=10_000, description="longest wait to fill a batch once its first frame arrived (ms)")
     group_id: str = Field(default="traffic-workers", min_length=1, description="consumer group; KEDA scales on its lag")
     metrics_port: int = Field(default=9102, ge=0, le=65535, description="port of /metrics /healthz /readyz (0 = any free)")
