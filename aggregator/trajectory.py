@@ -1,0 +1,116 @@
+"""What the counter remembers about one track: bounded, whatever the track's length.
+
+A track is seen as its ground point (bottom-centre of the box, normalized image coordinates) over
+time. Movements are decided from where the track *started moving* and where it ended, so a car
+queued at a red light, or parked and jittering by a pixel, does not count as motion::
+
+      anchor (first point)                 motion starts: the point first leaves the
+         o · · o · o  (jitter < eps)       anchor's circle of radius ``motion_eps``
+                   \\
+                    o---o----o----o----o   head: the first HEAD_POINTS points from there
+                                     ...   tail: the last TAIL_POINTS points (a ring)
+
+Memory per track: a few dozen floats (head, tail, class votes, one side state per line).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from aggregator.geometry import LineSideState, Point
+
+HEAD_POINTS = 8
+TAIL_POINTS = 8
+
+
+@dataclass(slots=True)
+class TimedPoint:
+    """A ground point at a capture time."""
+
+    time_ms: int
+    x: float
+    y: float
+
+    @property
+    def point(self) -> Point:
+        """(x, y)."""
+        return (self.x, self.y)
+
+
+@dataclass(slots=True)
+class TrackState:
+    """One track's bounded memory.
+
+    Attributes:
+        first_ms: capture time of its first frame.
+        last_seen_ms: capture time of its last frame.
+        hits: frames it was seen in.
+        votes: label -> summed detector confidence over the track's frames (class vote).
+        lines: line id -> side state for the hysteresis.
+        counted_lines: lines this track was counted on.
+        anchor: where it stood still before it started moving (its first point until then).
+        moving: it has left the anchor's circle.
+        head: the first points after it started moving (the anchor first).
+        tail: its last points.
+        path_length: distance travelled since it started moving (normalized units).
+        movement_done: its movement was decided (counted or not).
+        size: height of its last box (normalized), the scale for distance gates.
+    """
+
+    first_ms: int
+    last_seen_ms: int
+    hits: int = 0
+    votes: dict[str, float] = field(default_factory=dict)
+    lines: dict[str, LineSideState] = field(default_factory=dict)
+    counted_lines: set[str] = field(default_factory=set)
+    anchor: TimedPoint | None = None
+    moving: bool = False
+    head: list[TimedPoint] = field(default_factory=list)
+    tail: deque[TimedPoint] = field(default_factory=lambda: deque(maxlen=TAIL_POINTS))
+    path_length: float = 0.0
+    movement_done: bool = False
+    size: float = 0.0
+
+    def observe(self, time_ms: int, point: Point, label: str, confidence: float, size: float, motion_eps: float) -> None:
+        """Add one frame's observation of the track."""
+        self.last_seen_ms = time_ms
+        self.hits += 1
+        self.votes[label] = self.votes.get(label, 0.0) + confidence
+        self.size = size
+        here = TimedPoint(time_ms, point[0], point[1])
+        if self.tail:
+            last = self.tail[-1]
+            step = math.hypot(here.x - last.x, here.y - last.y)
+            if self.moving:
+                self.path_length += step
+        self.tail.append(here)
+        if self.anchor is None:
+            self.anchor = here
+            return
+        if not self.moving:
+            if math.hypot(here.x - self.anchor.x, here.y - self.anchor.y) >= motion_eps:
+                self.moving = True
+                self.head = [self.anchor, here]
+                self.path_length = math.hypot(here.x - self.anchor.x, here.y - self.anchor.y)
+            return
+        if len(self.head) < HEAD_POINTS:
+            self.head.append(here)
+
+    @property
+    def vehicle_class(self) -> str:
+        """The label with the largest summed confidence (ties: the label seen first)."""
+        best = max(self.votes.values())
+        return next(label for label, score in self.votes.items() if score == best)
+
+    @property
+    def start(self) -> TimedPoint:
+        """Where it started moving (its first point if it never moved)."""
+        assert self.anchor is not None
+        return self.head[0] if self.head else self.anchor
+
+    @property
+    def end(self) -> TimedPoint:
+        """Its last point."""
+        return self.tail[-1]
