@@ -34,7 +34,7 @@ class MovementRules:
 
     min_travel: float = 0.08
     uturn_depth: float = 0.2
-    reach: float = 0.25
+    reach: float = 0.12
 
 
 def zone_of(point: Point, zones: Sequence[Zone]) -> str | None:

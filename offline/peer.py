@@ -50,6 +50,7 @@ def run_peer(
     """ObjectCounter over ``(file frame index, BGR image)`` for every line of ``camera``."""
     from ultralytics import YOLO, solutions
 
+    logging.getLogger("ultralytics").setLevel(logging.ERROR)  # its per-frame "No tracks found" warnings
     names: dict[int, str] = dict(YOLO(model, task="detect").names)
     class_ids = [idx for idx, name in names.items() if name in set(classes)]
     found: list[PeerCrossing] = []

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+import lap
 
 from offline.truth import TruthRecord
 
@@ -168,7 +168,7 @@ def _groups(truth: Sequence[TruthRecord], predicted: Sequence[Predicted], key) -
 
 
 def _assign(truth: Sequence[TruthRecord], predicted: Sequence[Predicted], ti: list[int], pj: list[int], tolerance: int) -> dict[int, int]:
-    big = 1e9
+    big = tolerance + 1000.0  # beyond the tolerance: never a match (cost_limit below)
     cost = np.full((len(ti), len(pj)), big)
     for a, i in enumerate(ti):
         for b, j in enumerate(pj):
@@ -176,8 +176,11 @@ def _assign(truth: Sequence[TruthRecord], predicted: Sequence[Predicted], ti: li
             if gap <= tolerance:
                 # prefer the right class among equally close candidates
                 cost[a, b] = gap + (0 if truth[i].accepts(predicted[j].vehicle_class) else 0.5)
-    rows, cols = linear_sum_assignment(cost)
-    return {ti[r]: pj[c] for r, c in zip(rows, cols) if cost[r, c] < big}
+    if not len(ti) or not len(pj):
+        return {}
+    # cost_limit: leaving a record and a prediction unmatched costs as much as one pair at the tolerance
+    _, rows, _ = lap.lapjv(cost, extend_cost=True, cost_limit=tolerance + 1.0)  # rows[a] = matched column or -1
+    return {ti[a]: pj[b] for a, b in enumerate(rows) if b >= 0 and cost[a, b] < big}
 
 
 def score(

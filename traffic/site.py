@@ -255,7 +255,7 @@ class Counting(_Strict):
     motion_eps: float = Field(default=0.02, gt=0, le=0.5, description="a track has started moving once its ground point is this far from where it stood")
     min_travel: float = Field(default=0.08, ge=0, le=2, description="a track must move this far (start to end) to make a movement")
     uturn_depth: float = Field(default=0.2, ge=0, le=2, description="a u-turn must travel at least twice this far")
-    reach: float = Field(default=0.25, ge=0, le=2, description="how far along its heading a track that starts or ends outside every zone may be extended to find its approach")
+    reach: float = Field(default=0.12, ge=0, le=2, description="how far along its heading a track that starts or ends outside every zone may be extended to find its approach")
 
     @field_validator("intervals_s")
     @classmethod
