@@ -17,6 +17,7 @@ from aggregator import metrics
 from aggregator.counting import CameraCounter
 from aggregator.records import close_message, crossing_message, finish_message, parse, stream_message, watermark_message
 from aggregator.windows import CountKey, count_keys, interval_end_ms, is_closed
+from traffic.dlq import event_dead_letter
 from traffic.errors import ContractError
 from traffic.wire import CrossingEvent, DetectionEvent
 
@@ -42,9 +43,8 @@ def register(ctx: "AggregatorApp") -> None:
 
     # -- camera stage ---------------------------------------------------------------------------
     async def to_dlq(message: Any, reason: str, detail: str) -> None:
-        headers = list(message.headers or []) if isinstance(message.headers, list) else list((message.headers or {}).items())
-        headers += [("reason", reason.encode()), ("stage", b"aggregator"), ("detail", detail[:500].encode())]
-        await ctx.dlq_out.send(key=message.key, value=message.value, headers=headers)
+        letter = event_dead_letter(message, ctx.topics, stage="aggregator", reason=reason, detail=detail)
+        await ctx.dlq_out.send(key=letter.key, value=letter.value, headers=letter.headers)
         metrics.DLQ.labels(reason).inc()
         log.warning("event to the DLQ", extra={"reason": reason, "detail": detail[:200], "partition": message.partition, "offset": message.offset})
 

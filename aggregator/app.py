@@ -36,6 +36,7 @@ import faust
 
 from aggregator.settings import AggregatorSettings
 from aggregator.tables import Tables, define_tables
+from traffic import clients
 from traffic.health import Health
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import Camera, Intersection, Site
@@ -82,23 +83,6 @@ class AggregatorApp:
     runtime: Runtime = field(default_factory=Runtime)
 
 
-def _credentials(kafka: KafkaSettings) -> Any:
-    if not kafka.security_protocol.startswith("SASL"):
-        return None
-    if not (kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password):
-        from traffic.errors import ConfigError
-
-        raise ConfigError("SASL needs TRAFFIC_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD")
-    ssl_context = None
-    if kafka.security_protocol == "SASL_SSL":
-        import ssl
-
-        ssl_context = ssl.create_default_context(cafile=kafka.ssl_cafile)
-    return faust.SASLCredentials(
-        username=kafka.sasl_username, password=kafka.sasl_password.get_secret_value(), mechanism=kafka.sasl_mechanism, ssl_context=ssl_context
-    )
-
-
 def create_app(
     settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings, site: Site, partitions: int, health: Health | None = None
 ) -> AggregatorApp:
@@ -112,8 +96,7 @@ def create_app(
 
     app = faust.App(
         settings.app_id,
-        broker=kafka.faust_broker_url(),
-        broker_credentials=_credentials(kafka),
+        **clients.faust_options(kafka),
         store=settings.store,
         datadir=settings.data_dir,
         web_enabled=settings.web_port > 0,
@@ -155,15 +138,9 @@ def create_app(
 
 def topic_partitions(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
     """Partitions of an existing topic (kafka-python metadata); BrokerUnavailable if Kafka does not answer."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+    from traffic.errors import ConfigError
 
-    from traffic.errors import BrokerUnavailable, ConfigError
-
-    try:
-        consumer = KafkaConsumer(**kafka.kafka_python(), client_id=f"{topic}-probe", enable_auto_commit=False)
-    except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap_servers} is unreachable: {exc.__class__.__name__}") from None
+    consumer = clients.consumer(kafka, client_id=f"{topic}-probe", enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

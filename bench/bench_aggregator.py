@@ -97,7 +97,7 @@ def run(bootstrap: str, tmp: Path) -> dict[str, float]:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     topics = TopicSettings(
         frames=f"{prefix}.frames", detections=f"{prefix}.detections", crossings=f"{prefix}.crossings",
-        counts=f"{prefix}.counts", dlq=f"{prefix}.dlq", detections_partitions=2, output_partitions=1,
+        counts=f"{prefix}.counts", dlq=f"{prefix}.dlq", frames_dlq=f"{prefix}.frames-dlq", detections_partitions=2, output_partitions=1,
     )  # fmt: skip
     create_topics(KafkaSettings(bootstrap_servers=bootstrap), topics)
     site_file = tmp / "site.yaml"

@@ -93,7 +93,7 @@ def run_worker(kafka: KafkaSettings, frames_jpeg: list[bytes], model: str, batch
 
     prefix = f"bw{uuid.uuid4().hex[:6]}"
     topics = TopicSettings(frames=f"{prefix}.frames", detections=f"{prefix}.det", crossings=f"{prefix}.x", counts=f"{prefix}.c",
-                           dlq=f"{prefix}.dlq", frames_partitions=1, detections_partitions=1, output_partitions=1)  # fmt: skip
+                           dlq=f"{prefix}.dlq", frames_dlq=f"{prefix}.frames-dlq", frames_partitions=1, detections_partitions=1, output_partitions=1)  # fmt: skip
     create_topics(kafka, topics)
     publish_frames(kafka, topics.frames, frames_jpeg)
     worker = Worker(WorkerSettings(model=model, batch_size=batch_size, metrics_port=0, group_id=prefix), kafka, topics)

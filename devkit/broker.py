@@ -9,6 +9,15 @@ or ``$TRAFFIC_CACHE_DIR``). Each broker gets its own data directory holding its
     fetch_jars()                 # mvn dependency:copy-dependencies, once
     with LocalBroker(tmp) as b:  # format KRaft storage, start java, wait until it answers
         b.bootstrap              # "127.0.0.1:<free port>"
+
+With ``users={"traffic-ingest": "<password>", ...}`` the broker is a secured one instead: its only
+client listener is SASL_SSL with SCRAM-SHA-512 (a CA and broker certificate made by
+:mod:`devkit.tls`, the SCRAM users written into the KRaft bootstrap metadata by
+``kafka-storage format --add-scram``), ACLs are enforced by KRaft's ``StandardAuthorizer``
+(``allow.everyone.if.no.acl.found=false``: a user without ACLs may do nothing) and the
+controller listener takes SASL PLAIN with a broker-only password. A super user ``admin`` with a
+random password is always added; :meth:`LocalBroker.client_settings` gives the
+``KafkaSettings`` of any user, :meth:`LocalBroker.admin_settings` those of ``admin``.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,10 +37,13 @@ import uuid
 from pathlib import Path
 
 from traffic.errors import BrokerError
+from traffic.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = os.environ.get("TRAFFIC_KAFKA_VERSION", "4.1.1")
+ADMIN_USER = "admin"
+"""The super user of a secured local broker (the tests' and the demo's operator)."""
 LOG4J_VERSION = "2.24.3"  # the log4j2 release kafka 4.1.x is built against; adds the slf4j binding
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -150,6 +163,8 @@ class LocalBroker:
         version: Kafka version of the cached jars.
         heap_mb: JVM heap; 512 MB is plenty for tests on a 2-core machine.
         fetch: download the jars if they are not cached (else BrokerError).
+        users: SCRAM-SHA-512 users (name -> password) of a SASL_SSL broker with ACLs; None = PLAINTEXT.
+        retention_check_ms: how often the broker deletes expired segments (Kafka's default is 5 minutes).
     """
 
     def __init__(
@@ -159,8 +174,19 @@ class LocalBroker:
         version: str = KAFKA_VERSION,
         heap_mb: int = 512,
         fetch: bool = True,
+        users: dict[str, str] | None = None,
+        retention_check_ms: int = 60000,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.secure = users is not None
+        self.users: dict[str, str] = dict(users or {})
+        if self.secure:
+            self.users.setdefault(ADMIN_USER, secrets.token_hex(16))
+            for name, password in self.users.items():
+                if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or not password.isalnum():
+                    raise BrokerError(f"SCRAM user {name!r}: names take letters, digits, '-', '_', '.'; passwords letters and digits")
+        self._controller_password = secrets.token_hex(16)
+        self.retention_check_ms = retention_check_ms
         self.version = version
         self.heap_mb = heap_mb
         self.fetch = fetch
@@ -175,6 +201,28 @@ class LocalBroker:
         if self.port is None:
             raise BrokerError("the broker is not started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients of a secured broker trust (``TRAFFIC_KAFKA_SSL_CAFILE``)."""
+        return self.data_dir / "tls" / "ca.crt"
+
+    def client_settings(self, user: str, password: str | None = None, **overrides: object) -> KafkaSettings:
+        """KafkaSettings of ``user`` (its own password unless one is given) for this broker."""
+        if not self.secure:  # explicit: TRAFFIC_KAFKA_* of the environment must not turn this into SASL
+            return KafkaSettings(bootstrap_servers=self.bootstrap, security_protocol="PLAINTEXT", **overrides)  # type: ignore[arg-type]
+        if password is None:
+            if user not in self.users:
+                raise BrokerError(f"no SCRAM user {user!r} on this broker (users: {', '.join(sorted(self.users))})")
+            password = self.users[user]
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user, sasl_password=password, ssl_cafile=str(self.ca_file), **overrides,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def admin_settings(self) -> KafkaSettings:
+        """KafkaSettings of the super user (PLAINTEXT settings for an unsecured broker)."""
+        return self.client_settings(ADMIN_USER)
 
     @property
     def state_file(self) -> Path:
@@ -221,13 +269,18 @@ class LocalBroker:
         ]  # fmt: skip
         with open(self.log_file, "ab") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.state_file.write_text(json.dumps({"pid": self._proc.pid, "bootstrap": self.bootstrap, "version": self.version}))
+        state = {"pid": self._proc.pid, "bootstrap": self.bootstrap, "version": self.version}
+        if self.secure:
+            state.update(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", ssl_cafile=str(self.ca_file), users=sorted(self.users))
+        self.state_file.write_text(json.dumps(state))
+        os.chmod(self.state_file, 0o600)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
             self.stop()
             raise
-        log.info("kafka broker up", extra={"bootstrap": self.bootstrap, "version": self.version, "data_dir": str(self.data_dir)})
+        log.info("kafka broker up", extra={"bootstrap": self.bootstrap, "version": self.version, "data_dir": str(self.data_dir),
+                                           "security_protocol": "SASL_SSL" if self.secure else "PLAINTEXT"})
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -282,6 +335,7 @@ class LocalBroker:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **(self._security_config(controller_port) if self.secure else {}),
             "log.dirs": str(kraft),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -294,12 +348,44 @@ class LocalBroker:
             "message.max.bytes": str(8 * 1024 * 1024),
             "replica.fetch.max.bytes": str(8 * 1024 * 1024),
             "auto.create.topics.enable": "true",
-            "log.retention.check.interval.ms": "60000",
+            "log.retention.check.interval.ms": str(self.retention_check_ms),
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        os.chmod(path, 0o600)  # holds the broker's own passwords when secured
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2.format(level=os.environ.get("TRAFFIC_BROKER_LOG_LEVEL", "WARN")))
         return path
+
+    def _security_config(self, controller_port: int) -> dict[str, str]:
+        """SASL_SSL client listener, SASL PLAIN controller listener, StandardAuthorizer (see the module docstring)."""
+        from devkit.tls import make_broker_tls
+
+        tls = make_broker_tls(self.data_dir / "tls")
+        admin = self.users[ADMIN_USER]
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        cp = self._controller_password
+        return {
+            "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f'{scram} required username="{ADMIN_USER}" password="{admin}";',
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": f'{plain} required username="controller" password="{cp}" user_controller="{cp}";',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(tls.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.ca_file),
+            "ssl.client.auth": "none",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER};User:controller",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _format(self, props: Path) -> None:
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
@@ -313,12 +399,17 @@ class LocalBroker:
             "-cp", str(jars_dir(self.version) / "*"), "kafka.tools.StorageTool",
             "format", "-t", cluster_id, "-c", str(props),
         ]  # fmt: skip
+        for name, password in sorted(self.users.items()):  # SCRAM users in the bootstrap metadata
+            cmd += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            raise BrokerError(f"formatting KRaft storage in {self.data_dir} failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+            output = (proc.stdout + proc.stderr)[-2000:]
+            for password in self.users.values():
+                output = output.replace(password, "***")
+            raise BrokerError(f"formatting KRaft storage in {self.data_dir} failed:\n{output}")
 
     def _wait_ready(self, timeout_s: float) -> None:
-        from kafka.admin import KafkaAdminClient
+        from traffic import clients
 
         deadline = time.monotonic() + timeout_s
         last_error = "no answer"
@@ -328,7 +419,7 @@ class LocalBroker:
             try:
                 with socket.create_connection(("127.0.0.1", self.port or 0), timeout=1):
                     pass
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+                admin = clients.admin(self.admin_settings(), client_id="traffic-broker-probe", timeout_s=5)
                 try:
                     admin.list_topics()
                     admin.describe_cluster()

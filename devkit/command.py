@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="Ultralytics model name or path (default: the shared YOLO11n OpenVINO model)")
     p.add_argument("--duration-s", type=float, default=0.0, help="stop ingesting after this many seconds (default: the whole video, once)")
     p.add_argument("--fast", action="store_true", help="read the file as fast as possible instead of at its own frame rate")
-    p.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of starting a local broker")
+    p.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of starting a local broker (protocol and credentials from TRAFFIC_KAFKA_*)")
+    p.add_argument("--secure", action="store_true", help="SASL_SSL with each service as its own SCRAM user holding only its ACLs (deploy/k8s/components/strimzi/kafkauser.yaml); "
+                   "starts a secured local broker, or, with --bootstrap-servers, provisions the users on it with the TRAFFIC_KAFKA_* super-user credentials")
     p.add_argument("--no-live", action="store_true", help="no live view; print progress lines instead (default when stdout is not a terminal)")
     p.add_argument("--out-dir", default=None, help="where process logs and the result JSON go (default: runs/demo-<time>)")
     p.set_defaults(handler=_run)

@@ -17,7 +17,7 @@ from pathlib import Path
 from devkit.broker import LocalBroker
 from traffic.errors import ConfigError
 from devkit.local_pipeline import CountsReader, LocalPipeline, PipelineConfig
-from traffic.settings import shared_dir
+from traffic.settings import KafkaSettings, shared_dir
 from traffic.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,7 @@ class DemoOptions:
     duration_s: float = 0.0
     fast: bool = False
     bootstrap_servers: str | None = None
+    secure: bool = False
     live: bool = True
     out_dir: Path = field(default_factory=lambda: REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
     settle_timeout_s: float = 300.0
@@ -50,6 +51,7 @@ class DemoOptions:
             duration_s=args.duration_s,
             fast=args.fast,
             bootstrap_servers=args.bootstrap_servers,
+            secure=args.secure,
             live=not args.no_live and sys.stdout.isatty(),
             out_dir=Path(args.out_dir) if args.out_dir else REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"),
         )
@@ -96,16 +98,18 @@ def run_demo(opts: DemoOptions) -> int:
     try:
         if opts.bootstrap_servers:
             bootstrap = opts.bootstrap_servers
+            kafka = KafkaSettings(bootstrap_servers=bootstrap)  # protocol and credentials: TRAFFIC_KAFKA_* of the environment
         else:
-            print("starting a local Kafka broker ...", flush=True)
-            broker = LocalBroker(opts.out_dir / "kafka").start()
+            print(f"starting a local Kafka broker{' (SASL_SSL, SCRAM-SHA-512, ACLs)' if opts.secure else ''} ...", flush=True)
+            broker = LocalBroker(opts.out_dir / "kafka", users={} if opts.secure else None).start()
             bootstrap = broker.bootstrap
+            kafka = broker.admin_settings()
         source, camera_sim = _choose_source(opts, cameras[camera_id][1].resolved_source())
         if camera_sim is not None and not opts.duration_s:
             opts.duration_s = _video_seconds(cameras[camera_id][1].resolved_source())  # a live stream never ends by itself
         pipeline = LocalPipeline(PipelineConfig(
             bootstrap=bootstrap, site=opts.site, camera=camera_id, source=source, model=opts.model,
-            out_dir=opts.out_dir, workers=opts.workers, realtime=not opts.fast,
+            out_dir=opts.out_dir, workers=opts.workers, realtime=not opts.fast, kafka=kafka, least_privilege=opts.secure,
         ))  # fmt: skip
         print(f"broker {bootstrap}; process logs in {opts.out_dir}; loading the model ...", flush=True)
         pipeline.start_services()

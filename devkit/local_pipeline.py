@@ -25,6 +25,7 @@ from typing import IO
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.broker import free_port
+from traffic import clients
 from traffic.errors import TrafficError
 from traffic.settings import KafkaSettings, TopicSettings, shared_dir
 from traffic.wire import CountRecord
@@ -87,11 +88,11 @@ class CountsReader:
     """Latest CountRecord per (interval, series key), read from the counts topic; also end offsets."""
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        from kafka import KafkaConsumer
+        from traffic import clients
 
         self.records: dict[tuple[object, ...], CountRecord] = {}
-        self._consumer = KafkaConsumer(
-            topic, **kafka.kafka_python(), auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        self._consumer = clients.consumer(
+            kafka, topic, client_id="traffic-counts-reader", auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
         )  # fmt: skip
 
     def poll(self) -> None:
@@ -139,6 +140,9 @@ class PipelineConfig:
     workers: int = 1
     realtime: bool = False
     idle_close_s: float = 300.0  # fallback only: streams end by their end-of-session markers
+    kafka: KafkaSettings | None = None  # the operator's connection (topics, progress); default: bootstrap + TRAFFIC_KAFKA_* env
+    principals: dict[str, KafkaSettings] | None = None  # "ingest" / "worker" / "aggregator" -> that service's own connection
+    least_privilege: bool = False  # SASL broker: each service its own SCRAM user with the KafkaUser ACLs (devkit.acls)
 
 
 class LocalPipeline:
@@ -148,10 +152,10 @@ class LocalPipeline:
         self.cfg = cfg
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         run_id = uuid.uuid4().hex[:6]
-        self.kafka = KafkaSettings(bootstrap_servers=cfg.bootstrap)
+        self.kafka = cfg.kafka or KafkaSettings(bootstrap_servers=cfg.bootstrap)
         self.topics = TopicSettings(
             frames=f"run-{run_id}.frames", detections=f"run-{run_id}.detections", crossings=f"run-{run_id}.crossings",
-            counts=f"run-{run_id}.counts", dlq=f"run-{run_id}.dlq", frames_partitions=max(4, cfg.workers),
+            counts=f"run-{run_id}.counts", dlq=f"run-{run_id}.dlq", frames_dlq=f"run-{run_id}.frames-dlq", frames_partitions=max(4, cfg.workers),
             detections_partitions=2, output_partitions=1,
         )  # fmt: skip
         self.run_id = run_id
@@ -163,11 +167,22 @@ class LocalPipeline:
         self._argv = [sys.executable, "-m", "traffic.cli"]
         self.env = {
             **os.environ,
-            "TRAFFIC_KAFKA_BOOTSTRAP_SERVERS": cfg.bootstrap,
+            **clients.environment(self.kafka),
             "TRAFFIC_SITE_CONFIG": str(cfg.site),
             **{f"TRAFFIC_TOPICS_{name.upper()}": str(value) for name, value in self.topics.model_dump().items()},
             "TRAFFIC_SHARED_DIR": str(shared_dir()),
         }
+
+    def resource_names(self) -> dict[str, str]:
+        """Default topic, group and app names -> this run's (to rename the KafkaUser ACLs, devkit.acls)."""
+        defaults = TopicSettings.model_construct().model_dump()  # no environment: the documented defaults
+        names = {str(defaults[f]): str(getattr(self.topics, f)) for f in ("frames", "detections", "crossings", "counts", "dlq", "frames_dlq")}
+        return {**names, "traffic-workers": f"run-{self.run_id}-workers", "traffic-aggregator": f"run-{self.run_id}-aggregator"}
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """``TRAFFIC_KAFKA_*`` of the service ``role`` when it has its own principal."""
+        principal = (self.cfg.principals or {}).get(role)
+        return clients.environment(principal) if principal is not None else {}
 
     # -- processes ---------------------------------------------------------------------------
     def start_services(self, ready_timeout_s: float = 180) -> None:
@@ -175,8 +190,12 @@ class LocalPipeline:
         from traffic.topics import create_topics
 
         create_topics(self.kafka, self.topics)
+        if self.cfg.least_privilege and self.cfg.principals is None:
+            from devkit.acls import provision
+
+            self.cfg.principals = provision(self.kafka, self.resource_names())
         self.children["aggregator"] = Child("aggregator", self._argv + ["aggregate"], {
-            **self.env, "TRAFFIC_AGGREGATOR_METRICS_PORT": str(self.ports["aggregator"]),
+            **self.env, **self.role_env("aggregator"), "TRAFFIC_AGGREGATOR_METRICS_PORT": str(self.ports["aggregator"]),
             "TRAFFIC_AGGREGATOR_DATA_DIR": str(self.cfg.out_dir / "aggregator-data"),
             "TRAFFIC_AGGREGATOR_APP_ID": f"run-{self.run_id}-aggregator",
             "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": str(self.cfg.idle_close_s),
@@ -188,7 +207,7 @@ class LocalPipeline:
 
     def worker_env(self, n: int) -> dict[str, str]:
         return {
-            **self.env, "TRAFFIC_WORKER_METRICS_PORT": str(self.worker_ports[n]), "TRAFFIC_WORKER_MODEL": self.cfg.model,
+            **self.env, **self.role_env("worker"), "TRAFFIC_WORKER_METRICS_PORT": str(self.worker_ports[n]), "TRAFFIC_WORKER_MODEL": self.cfg.model,
             "TRAFFIC_WORKER_GROUP_ID": f"run-{self.run_id}-workers",
         }  # fmt: skip
 
@@ -201,7 +220,7 @@ class LocalPipeline:
     def start_ingest(self) -> Child:
         """Start the ingester on the configured source; it exits at the end of a file."""
         child = Child("ingest", self._argv + ["ingest"], {
-            **self.env, "TRAFFIC_INGEST_METRICS_PORT": str(self.ports["ingest"]), "TRAFFIC_INGEST_CAMERAS": self.cfg.camera,
+            **self.env, **self.role_env("ingest"), "TRAFFIC_INGEST_METRICS_PORT": str(self.ports["ingest"]), "TRAFFIC_INGEST_CAMERAS": self.cfg.camera,
             "TRAFFIC_INGEST_SOURCES": f"{self.cfg.camera}={self.cfg.source}",
             "TRAFFIC_INGEST_REALTIME": "true" if self.cfg.realtime else "false", "TRAFFIC_INGEST_LOOP": "false",
         }, self.cfg.out_dir)  # fmt: skip

@@ -31,6 +31,8 @@ from kafka.errors import KafkaError
 from ingest.backoff import Backoff
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
+from traffic import clients
+from traffic.errors import BrokerUnavailable
 from traffic.health import Health
 from traffic.settings import KafkaSettings
 from traffic.wire import FrameHeaders
@@ -226,8 +228,8 @@ class FramePublisher:
     def _connect(self) -> KafkaProducer | None:
         s = self._settings
         try:
-            producer = KafkaProducer(
-                **self._kafka.kafka_python(),
+            producer = clients.producer(
+                self._kafka,
                 client_id="traffic-ingest",
                 acks="all",
                 enable_idempotence=True,
@@ -237,9 +239,9 @@ class FramePublisher:
                 max_block_ms=PRODUCER_MAX_BLOCK_MS,
                 bootstrap_timeout_ms=s.bootstrap_timeout_ms,
             )
-        except (KafkaError, OSError) as exc:
-            self._health.set("kafka", False, f"unreachable: {exc.__class__.__name__}")
-            log.warning("kafka unreachable; retrying", extra={"servers": self._kafka.bootstrap_servers, "error": exc.__class__.__name__})
+        except BrokerUnavailable as exc:
+            self._health.set("kafka", False, str(exc))
+            log.warning("kafka unreachable; retrying", extra={"servers": self._kafka.bootstrap_servers, "error": str(exc)})
             return None
         self._health.set("kafka", True)
         log.info("kafka producer connected", extra={"servers": self._kafka.bootstrap_servers, "topic": self._topic})

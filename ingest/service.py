@@ -40,6 +40,7 @@ from ingest.reader import FrameReader, LatestFrame
 from ingest.sampler import sample_file, sample_live
 from ingest.settings import IngestSettings
 from ingest.sources import SourceError, describe_source, file_path, is_live, open_source
+from traffic import clients
 from traffic.errors import BadInput, ConfigError
 from traffic.health import Health, HealthServer
 from traffic.settings import KafkaSettings, TopicSettings
@@ -248,7 +249,7 @@ class IngestService:
         self.settings = settings
         site = site if site is not None else load_site(Path(settings.site_path()))
         self.plans = plan_cameras(site, settings)
-        kafka.require_servers()
+        clients.check(kafka)  # servers, SASL credentials, CA file: a ConfigError now, not in the sender thread later
         self.metrics = IngestMetrics(registry)
         self.health = Health(checks=("kafka", "cameras"), stall_s=60.0)
         self._stop = threading.Event()

@@ -3,6 +3,9 @@
 Drawing only: boxes with track ids, count lines with their ``in`` side, approach zones, and the
 running counts. Nothing here decides or changes a count (supervision's split: the counter counts,
 the annotator draws).
+
+Persons the detector found are blurred first (:mod:`traffic.anonymize`), unless ``blur_persons``
+is off for internal debugging: the video is a picture of the public (docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import cv2
 import numpy as np
 
 from offline.count import FrameResult
+from traffic.anonymize import blur_regions, person_boxes
 from traffic.site import Camera
 
 _ZONE = (0, 0, 255)
@@ -24,10 +28,11 @@ _BOX = (0, 220, 0)
 class VideoAnnotator:
     """Writes an annotated MP4 (``mp4v``) at the sampling rate; ``close()`` when done."""
 
-    def __init__(self, path: Path, camera: Camera, fps: float) -> None:
+    def __init__(self, path: Path, camera: Camera, fps: float, blur_persons: bool = True) -> None:
         self.path = path
         self.camera = camera
         self.fps = fps
+        self.blur_persons = blur_persons
         self.writer: cv2.VideoWriter | None = None
         self.lines: Counter[str] = Counter()
         self.movements: Counter[str] = Counter()
@@ -46,9 +51,11 @@ class VideoAnnotator:
         self.writer.write(image)
 
     def draw(self, frame: FrameResult) -> np.ndarray:
-        """A copy of the frame with zones, lines (arrow to the ``in`` side), tracked boxes and counts drawn on it."""
+        """A copy of the frame, persons blurred, with zones, lines (arrow to the ``in`` side), tracked boxes and counts drawn on it."""
         assert frame.image is not None, "annotation needs the frames (not cached detections)"
         image = frame.image.copy()
+        if self.blur_persons:
+            blur_regions(image, person_boxes(frame.detections), inplace=True)  # the wire's normalized boxes
         h, w = image.shape[:2]
         for approach in self.camera.approaches:
             pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
@@ -64,8 +71,8 @@ class VideoAnnotator:
             cv2.arrowedLine(image, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _LINE, 1)  # the "in" side
             cv2.putText(image, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, 0.45, _LINE, 1)
         tracked = frame.tracked
-        assert tracked.tracker_id is not None
-        for (x1, y1, x2, y2), track_id, label in zip(tracked.xyxy, tracked.tracker_id, tracked.class_name):
+        ids = tracked.tracker_id if tracked.tracker_id is not None else [0] * len(tracked)
+        for (x1, y1, x2, y2), track_id, label in zip(tracked.xyxy, ids, tracked.class_name):
             cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), _BOX, 1)
             cv2.putText(image, f"#{track_id} {label}", (int(x1), max(10, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BOX, 1)
         rows = [f"{k}: {v}" for k, v in sorted(self.lines.items())] + [f"{k}: {v}" for k, v in sorted(self.movements.items())]

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from traffic.anonymize import blur_regions
 from traffic.site import Camera, CountLine
 
 TILE = 160
@@ -167,7 +168,7 @@ def contact_sheet(
                 crops.append(np.zeros((TILE, TILE, 3), np.uint8))
                 continue
             if blur and person_boxes is not None and index in person_boxes:
-                image = blur_boxes(image, person_boxes[index])
+                image = blur_regions(image, person_boxes[index], normalized=False)
             crops.append(_crop(draw_geometry(image, camera), mark.point, TILE))
         row = np.hstack(crops)
         caption = np.zeros((18, row.shape[1], 3), np.uint8)
@@ -206,15 +207,18 @@ def trajectory_sheet(
     return np.vstack([np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)])
 
 
-def blur_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """A copy with every (x1, y1, x2, y2) pixel box strongly blurred (persons in pictures of the public)."""
-    out = image.copy()
-    h, w = out.shape[:2]
-    for x1, y1, x2, y2 in np.asarray(boxes, dtype=float).reshape(-1, 4):
-        a, b = max(0, int(x1)), max(0, int(y1))
-        c, d = min(w, int(math.ceil(x2))), min(h, int(math.ceil(y2)))
-        if c - a < 2 or d - b < 2:
-            continue
-        k = max(3, (max(c - a, d - b) // 3) | 1)
-        out[b:d, a:c] = cv2.GaussianBlur(out[b:d, a:c], (k, k), 0)
+PERSON_BLUR_CONF = 0.2
+"""Persons found at or above this score are blurred (lower than the counting threshold: blur is cheap, a missed face is not)."""
+
+
+def person_boxes_by_frame(cached, width: int, height: int) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Person boxes of every frame of a cached recording (``offline.detection_cache.CachedVideo``), in pixels of the file."""
+    from traffic.anonymize import person_boxes
+
+    out: dict[int, np.ndarray] = {}
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    for frame in cached.frames:
+        boxes = person_boxes(d for d in frame.detections if d.confidence >= PERSON_BLUR_CONF)
+        if boxes:
+            out[frame.index] = np.asarray(boxes, dtype=np.float64) * scale
     return out

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interval-min", type=float, default=15.0, help="report interval in minutes (default 15; the peak hour always uses 15-minute bins)")
     p.add_argument("--out-json", default=None, help="JSON result path (default <video>.counts.json in the current directory)")
     p.add_argument("--out-csv", default=None, help="turning-movement CSV path (default <video>.tmc.csv in the current directory)")
-    p.add_argument("--annotate", default=None, metavar="OUT.mp4", help="also write an annotated video (boxes, track ids, lines, zones, running counts)")
+    p.add_argument("--annotate", default=None, metavar="OUT.mp4", help="also write an annotated video (boxes, track ids, lines, zones, running counts; persons blurred)")
+    p.add_argument("--no-blur", action="store_true", help="do not blur persons in the annotated video (internal debugging only: it then shows the public)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.annotate:
         from offline.annotate import VideoAnnotator
 
-        annotator = VideoAnnotator(Path(args.annotate), camera, rate)
+        annotator = VideoAnnotator(Path(args.annotate), camera, rate, blur_persons=not args.no_blur)
 
     def on_frame(frame) -> None:  # type: ignore[no-untyped-def]
         if progress is not None:
@@ -133,7 +134,10 @@ def _run(args: argparse.Namespace) -> int:
         if annotator is not None:
             annotator(frame)
 
-    detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=tuple(site.counting.classes),
+    classes = tuple(site.counting.classes)
+    if annotator is not None and annotator.blur_persons and "person" not in classes:
+        classes += ("person",)  # to blur them; the counter tracks only the counted classes, NMS is per class: counts unchanged
+    detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=classes,
                                 conf=args.conf, batch_size=args.batch_size)  # fmt: skip
     try:
         result = count_video(video, site, args.camera, detector, start_ms=start_ms, fps=args.fps, on_frame=on_frame)
@@ -201,14 +205,15 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluate(recording, detector, rate=args.fps, with_peer=not args.no_peer)
         results.append(result)
         if args.sheets:
-            _findings_sheet(result, out_dir)
+            _findings_sheet(result, out_dir, args.model, classes)
     write_outputs(results, out_dir, detector)
     print(markdown_table(results))
     print(f"-> {out_dir / 'eval.json'}", file=sys.stderr)
     return 0
 
 
-def _findings_sheet(result, out_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _findings_sheet(result, out_dir: Path, model: str, classes: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """A contact sheet of what the count got wrong (persons blurred)."""
     import cv2
 
     from offline.audit import Mark, contact_sheet
@@ -220,8 +225,16 @@ def _findings_sheet(result, out_dir: Path) -> None:  # type: ignore[no-untyped-d
         series = " > ".join((f.truth or f.predicted).series)
         who = f"#{f.predicted.track_id} {f.predicted.vehicle_class}" if f.predicted else f"{f.truth.id} {f.truth.vehicle_class}"
         marks.append(Mark(f.frame, f"{f.what} {f.kind} {series} {who} @{f.frame / truth.fps:.1f}s"))
+    from offline.audit import person_boxes_by_frame, read_frames
+    from offline.detection_cache import get_or_build
+    from workers.detector import DetectorSettings
+
+    cached = get_or_build(result.recording.video, camera, DetectorSettings(model=model, classes=classes))
+    first = read_frames(result.recording.video, [0])[0]
+    persons = person_boxes_by_frame(cached, first.shape[1], first.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_dir / f"{result.recording.name}.findings.png"), contact_sheet(result.recording.video, camera, marks))
+    sheet = contact_sheet(result.recording.video, camera, marks, person_boxes=persons)
+    cv2.imwrite(str(out_dir / f"{result.recording.name}.findings.png"), sheet)
 
 
 def _label(args: argparse.Namespace) -> int:

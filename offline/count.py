@@ -65,6 +65,7 @@ class FrameResult:
     image: np.ndarray | None
     tracked: Detections
     crossings: list[CrossingEvent]
+    detections: tuple = ()  # the frame's detections, all classes (the annotator blurs the persons among them)
 
 
 @dataclass
@@ -172,7 +173,7 @@ def count_events(
 
     def observe(event: DetectionEvent, tracked: Detections, crossings: list[CrossingEvent]) -> None:
         if on_frame is not None and not event.end_of_session:
-            on_frame(FrameResult(event.seq, event.capture_ms, images.pop(event.seq, None), tracked, crossings))
+            on_frame(FrameResult(event.seq, event.capture_ms, images.pop(event.seq, None), tracked, crossings, event.detections))
 
     for event, image in events:
         if not event.end_of_session:

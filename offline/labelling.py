@@ -18,15 +18,15 @@ import cv2
 import numpy as np
 import yaml
 
-from offline.audit import Mark, contact_sheet, line_scan, read_frames, trajectory_sheet
+from offline.audit import Mark, contact_sheet, line_scan, person_boxes_by_frame, read_frames, trajectory_sheet
 from offline.count import count_events
 from offline.detection_cache import get_or_build
 from offline.truth import load_truth
+from traffic.anonymize import blur_regions
 from traffic.site import Site
 from workers.detector import DetectorSettings
 
 SHEET_TILES = 16
-PERSON_BLUR_CONF = 0.2
 
 
 def write_labelling_aid(
@@ -51,7 +51,7 @@ def write_labelling_aid(
             paths.setdefault(int(track_id), []).append(((box[0] + box[2]) / 2 / w, box[3] / h, round(frame.capture_ms * fps / 1000)))
 
     result = count_events(((e, None) for e in events), site, camera_id, observe)
-    persons = _person_boxes(cached, width, height) if blur else None
+    persons = person_boxes_by_frame(cached, width, height) if blur else None
     truth = load_truth(truth_path).truth if truth_path else None
     written: list[Path] = []
 
@@ -105,20 +105,7 @@ def _extent(points: list[tuple[float, float, int]]) -> float:
     return max(max(xs) - min(xs), max(ys) - min(ys))
 
 
-def _person_boxes(cached, width: int, height: int) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Person boxes per frame index, in pixels of the original file (for blurring)."""
-    out: dict[int, np.ndarray] = {}
-    scale = np.array([width, height, width, height], dtype=np.float64)
-    for frame in cached.frames:
-        boxes = [d.box for d in frame.detections if d.label == "person" and d.confidence >= PERSON_BLUR_CONF]
-        if boxes:
-            out[frame.index] = np.asarray(boxes, dtype=np.float64) * scale
-    return out
-
-
 def _blur(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    from offline.audit import blur_boxes
-
-    return blur_boxes(image, boxes)
+    return blur_regions(image, boxes, normalized=False)
 
 

@@ -28,10 +28,25 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("TRAFFIC_TEST_BOOTSTRAP"):
         yield os.environ["TRAFFIC_TEST_BOOTSTRAP"]
         return
-    broker = LocalBroker(tmp_path_factory.mktemp("kafka"))
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka"), retention_check_ms=5000)  # expired segments go within seconds
     broker.start()
     try:
         yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A second, secured broker (SASL_SSL + SCRAM-SHA-512, ACLs enforced), started once, only for the tests that ask.
+
+    Only its super user exists at first (``sasl_broker.admin_settings()``); tests give the services
+    their own users and ACLs with ``devkit.acls.provision``.
+    """
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka-sasl"), users={})
+    broker.start()
+    try:
+        yield broker
     finally:
         broker.stop()
 
@@ -52,6 +67,7 @@ def topic_settings(kafka_settings: KafkaSettings) -> TopicSettings:
         crossings=f"{prefix}.crossings",
         counts=f"{prefix}.counts",
         dlq=f"{prefix}.dlq",
+        frames_dlq=f"{prefix}.frames-dlq",
         frames_partitions=4,
         detections_partitions=2,
         output_partitions=1,

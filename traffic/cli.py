@@ -31,6 +31,9 @@ def _topics(args: argparse.Namespace) -> int:
     result = create_topics(settings_from_args(args, KafkaSettings), settings_from_args(args, TopicSettings))
     for name, state in result.items():
         print(f"{name}: {state}")
+    refused = [name for name, state in result.items() if state == "not-authorized"]
+    if refused:
+        raise ConfigError(f"not authorized to create {', '.join(refused)}: the principal needs Create and Describe on them (docs/security.md)")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Every record is one JSON object with ``ts``, ``level``, ``logger``, ``msg`` and whatever
 ``extra={...}`` fields the caller added (``camera``, ``partition``...). A filter masks passwords in
-URLs (``rtsp://user:***@host``) and the values of secret environment variables, so a camera
-password or SASL credential never reaches a log line, whatever the caller passed.
+URLs (``rtsp://user:***@host``), the values of secret environment variables and every secret
+registered with :func:`register_secret` (the Kafka client factory registers the SASL password),
+so a camera password or SASL credential never reaches a log line, whatever the caller passed.
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ from typing import Any
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]*)@")
 _SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|SASL)", re.IGNORECASE)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_REGISTERED: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` in every log line from now on (secrets that do not come from the environment)."""
+    if len(value) >= 4:
+        _REGISTERED.add(value)
 
 
 def mask_secrets(text: str) -> str:
-    """Replace URL passwords and values of secret-looking environment variables with ``***``."""
+    """Replace URL passwords, values of secret-looking environment variables and registered secrets with ``***``."""
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
     for name, value in os.environ.items():
         if len(value) >= 4 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "***")
+    for value in _REGISTERED:
+        if value in text:
             text = text.replace(value, "***")
     return text
 

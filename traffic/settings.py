@@ -49,28 +49,16 @@ class KafkaSettings(BaseSettings):
         return servers
 
     def kafka_python(self) -> dict[str, Any]:
-        """Connection keyword arguments for kafka-python clients."""
-        cfg: dict[str, Any] = {
-            "bootstrap_servers": self.require_servers(),
-            "security_protocol": self.security_protocol,
-            "request_timeout_ms": self.request_timeout_ms,
-            "retry_backoff_ms": self.retry_backoff_ms,
-        }
-        if self.security_protocol.startswith("SASL"):
-            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-                raise ConfigError("SASL needs TRAFFIC_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD")
-            cfg.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password.get_secret_value(),
-            )
-        if self.ssl_cafile:
-            cfg["ssl_cafile"] = self.ssl_cafile
-        return cfg
+        """Connection keyword arguments for kafka-python clients (see :func:`traffic.clients.connection`)."""
+        from traffic.clients import connection
+
+        return connection(self)
 
     def faust_broker_url(self) -> str:
-        """Broker URL in faust's form (``kafka://h1:9092;h2:9092``)."""
-        return "kafka://" + ";".join(self.require_servers())
+        """Broker URL in faust's form (``kafka://h1:9092;h2:9092``); credentials: :func:`traffic.clients.faust_options`."""
+        from traffic.clients import faust_options
+
+        return str(faust_options(self)["broker"])
 
 
 class TopicSettings(BaseSettings):
@@ -82,16 +70,18 @@ class TopicSettings(BaseSettings):
     detections: str = Field(default="traffic.detections", description="detection events, key = camera")
     crossings: str = Field(default="traffic.crossings", description="counted vehicles, key = intersection")
     counts: str = Field(default="traffic.counts", description="interval counts, key = intersection")
-    dlq: str = Field(default="traffic.dlq", description="refused input with reason headers")
+    dlq: str = Field(default="traffic.dlq", description="refused input with reason headers (frames without their image, see dlq_keep_frame_images)")
+    frames_dlq: str = Field(default="traffic.frames-dlq", description="refused frames with their image, kept as long as frames (only used with dlq_keep_frame_images)")
+    dlq_keep_frame_images: bool = Field(default=False, description="keep refused frames' images in frames_dlq (frames retention) for debugging; default false: the dlq record keeps headers, reason, size and SHA-256 of the image, not the image")
     frames_partitions: int = Field(default=12, gt=0, description="partitions of the frames topic = most worker replicas")
     detections_partitions: int = Field(default=6, gt=0, description="partitions of the detections topic")
-    output_partitions: int = Field(default=3, gt=0, description="partitions of crossings, counts and dlq")
+    output_partitions: int = Field(default=3, gt=0, description="partitions of crossings, counts, dlq and frames_dlq")
     replication_factor: int = Field(default=1, gt=0, description="replication factor of created topics")
-    frames_retention_ms: int = Field(default=10 * 60 * 1000, gt=0, description="frames retention (ms): images of the public are not kept")
+    frames_retention_ms: int = Field(default=10 * 60 * 1000, gt=0, description="retention of frames and frames_dlq (ms): images of the public are not kept; segments roll every half of it, so deletion is never held back by an open segment")
     detections_retention_ms: int = Field(default=7 * 86400 * 1000, gt=0, description="detections retention (ms)")
     output_retention_ms: int = Field(default=90 * 86400 * 1000, gt=0, description="crossings and counts retention (ms)")
     dlq_retention_ms: int = Field(default=14 * 86400 * 1000, gt=0, description="dlq retention (ms)")
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="max message size of the frames and dlq topics (bytes)")
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="max message size of the frames, dlq and frames_dlq topics (bytes)")
 
 
 def load_settings(cls: type[_S], **overrides: Any) -> _S:

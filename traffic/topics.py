@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
-from traffic.errors import BrokerUnavailable
+from traffic import clients
 from traffic.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -23,29 +23,48 @@ class TopicSpec:
     config: dict[str, str]
 
 
+def image_topic_config(topics: TopicSettings) -> dict[str, str]:
+    """Retention of topics holding images of the public (frames, frames DLQ).
+
+    ``segment.ms`` is half the retention: Kafka deletes whole segments once their newest record
+    is older than ``retention.ms``, so a segment that stays open for days (the broker's default
+    roll is 7 days) would keep a quiet topic's images for days. With it an image is gone at most
+    about 1.5 x retention + the broker's ``log.retention.check.interval.ms`` after it was written.
+    """
+    return {
+        "max.message.bytes": str(topics.max_message_bytes),
+        "retention.ms": str(topics.frames_retention_ms),
+        "segment.ms": str(max(1000, topics.frames_retention_ms // 2)),
+        "cleanup.policy": "delete",
+    }
+
+
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """The five topics of DESIGN.md from the settings."""
+    """The topics of docs/contracts.md from the settings (frames, detections, crossings, counts, dlq, frames DLQ)."""
     big = {"max.message.bytes": str(topics.max_message_bytes)}
     return [
-        TopicSpec(topics.frames, topics.frames_partitions, {**big, "retention.ms": str(topics.frames_retention_ms)}),
+        TopicSpec(topics.frames, topics.frames_partitions, image_topic_config(topics)),
         TopicSpec(topics.detections, topics.detections_partitions, {"retention.ms": str(topics.detections_retention_ms)}),
         TopicSpec(topics.crossings, topics.output_partitions, {"retention.ms": str(topics.output_retention_ms)}),
         TopicSpec(topics.counts, topics.output_partitions, {"retention.ms": str(topics.output_retention_ms)}),
         TopicSpec(topics.dlq, topics.output_partitions, {**big, "retention.ms": str(topics.dlq_retention_ms)}),
+        TopicSpec(topics.frames_dlq, topics.output_partitions, image_topic_config(topics)),
     ]
 
 
 def admin_client(kafka: KafkaSettings, timeout_s: float = 10.0) -> KafkaAdminClient:
     """An admin client, or BrokerUnavailable with the servers named (no stack trace for users)."""
-    try:
-        cfg = {**kafka.kafka_python(), "request_timeout_ms": int(min(kafka.request_timeout_ms, timeout_s * 1000))}
-        return KafkaAdminClient(**cfg, client_id="traffic-admin", bootstrap_timeout_ms=cfg["request_timeout_ms"])
-    except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap_servers} is unreachable: {exc.__class__.__name__}") from None
+    return clients.admin(kafka, timeout_s=timeout_s)
 
 
 def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, str]:
-    """Create missing topics; existing ones are left alone. Returns name -> ``created``/``exists``."""
+    """Create missing topics; existing ones are left alone. Returns name -> ``created``/``exists``/``not-authorized``.
+
+    ``not-authorized``: the principal may neither see nor create the topic (a service whose ACLs
+    do not cover it, e.g. the aggregator and the frames topic); logged, not raised, so a service
+    that ensures its topics at start-up runs under least-privilege ACLs. ``traffic topics create``
+    fails on it.
+    """
     admin = admin_client(kafka)
     try:
         existing = set(admin.list_topics())
@@ -61,6 +80,10 @@ def create_topics(kafka: KafkaSettings, topics: TopicSettings) -> dict[str, str]
                 result[spec.name] = "created"
             except TopicAlreadyExistsError:
                 result[spec.name] = "exists"
+            except TopicAuthorizationFailedError:
+                result[spec.name] = "not-authorized"
+                log.warning("not authorized to create topic (ACLs); assumed to be managed elsewhere", extra={"topic": spec.name})
+                continue
             log.info("topic", extra={"topic": spec.name, "state": result[spec.name], "partitions": spec.partitions})
         return result
     finally:

@@ -30,6 +30,8 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from traffic import clients
+from traffic.dlq import frame_dead_letter
 from traffic.errors import BadInput, ContractError
 from traffic.health import Health, HealthServer
 from traffic.settings import KafkaSettings, TopicSettings
@@ -99,16 +101,15 @@ class Worker:
         ))  # fmt: skip
         metrics.MODEL_LOADED.set(1)
         self.health.set("model", True)
-        conn = self.kafka.kafka_python()
         fetch = max(s.max_frame_bytes * 2, 8 * 1024 * 1024)
-        self.producer = KafkaProducer(
-            **conn, acks="all", linger_ms=5, max_request_size=max(1024 * 1024, s.max_frame_bytes + 65536),
+        self.producer = clients.producer(
+            self.kafka, client_id="traffic-worker", acks="all", linger_ms=5, max_request_size=max(1024 * 1024, s.max_frame_bytes + 65536),
             compression_type=None, retries=2**31 - 1, delivery_timeout_ms=int(s.publish_timeout_s * 1000),
         )  # fmt: skip
-        self.consumer = KafkaConsumer(
-            **conn, group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+        self.consumer = clients.consumer(
+            self.kafka, client_id="traffic-worker", group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, max_poll_interval_ms=s.max_poll_interval_ms,
-            max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4, client_id="traffic-worker",
+            max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4,
         )  # fmt: skip
         self.consumer.subscribe([self.topics.frames], listener=_Revocations(self))
         self.health.set("kafka", False, "joining the consumer group")
@@ -222,9 +223,9 @@ class Worker:
     def _dead_letter(self, record: Any, exc: ContractError) -> Any:
         assert self.producer is not None
         metrics.DLQ.labels(exc.reason).inc()
-        log.warning("frame refused to the DLQ", extra={"reason": exc.reason, "error": str(exc), "partition": record.partition, "offset": record.offset})
-        headers = list(record.headers or []) + [("reason", exc.reason.encode()), ("stage", b"worker"), ("error", str(exc)[:500].encode())]
-        return self.producer.send(self.topics.dlq, key=record.key, value=record.value, headers=headers)
+        letter = frame_dead_letter(record, self.topics, stage="worker", reason=exc.reason, detail=str(exc))
+        log.warning("frame refused to the DLQ", extra={"reason": exc.reason, "detail": str(exc), "dlq": letter.topic, "partition": record.partition, "offset": record.offset})
+        return self.producer.send(letter.topic, key=letter.key, value=letter.value, headers=letter.headers)
 
     def _await(self, futures: list[Any]) -> bool:
         """True when every send was acknowledged; False (logged) when one failed."""

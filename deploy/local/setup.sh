@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh Debian 12 machine, idempotently:
-#   1. Debian packages: GStreamer RTSP server (simulated camera), Prometheus (scrape tests)
+#   1. Debian packages: GStreamer RTSP server (simulated camera), Prometheus (scrape tests),
+#      openssl (the CA of the local SASL_SSL broker)
 #   2. a Python 3.11 virtual environment in .venv with the pinned versions of requirements/lock.txt
 #   3. the Apache Kafka broker jars from Maven Central (cached in ~/.cache/traffic-pipeline)
 #   4. the manifest validation tools (kustomize, CRD schemas) for tests/deploy
@@ -15,7 +16,7 @@ if [ "${TRAFFIC_SKIP_APT:-0}" != "1" ]; then
     bash deploy/rtsp/install-deps.sh
   fi
   missing=()
-  for pkg in prometheus; do
+  for pkg in prometheus openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

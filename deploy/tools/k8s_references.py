@@ -56,6 +56,10 @@ class _Index:
         for kafka in (o for o in objs if o.get("kind") == "Kafka"):
             meta = kafka["metadata"]
             self.external.add(("Secret", meta.get("namespace", ""), f"{meta['name']}-cluster-ca-cert"))
+        # Strimzi's User Operator keeps a SCRAM user's generated password in a Secret named like the user.
+        for user in (o for o in objs if o.get("kind") == "KafkaUser"):
+            meta = user["metadata"]
+            self.external.add(("Secret", meta.get("namespace", ""), meta["name"]))
         self.pods = [(o, pod_template(o)) for o in objs if pod_template(o) is not None]
 
     def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:

@@ -82,7 +82,8 @@ def test_strimzi_objects_structurally(objects_of, tools):
     this structural check always runs."""
     objs = [o for o in objects_of("overlays/cpu-strimzi") if o["apiVersion"].startswith(STRIMZI_GROUP)]
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["Kafka", "KafkaNodePool"] + ["KafkaTopic"] * 5 + ["KafkaUser"]
+    topics = len(pytest.importorskip("traffic.topics").topic_specs(pytest.importorskip("traffic.settings").TopicSettings()))
+    assert kinds == ["Kafka", "KafkaNodePool"] + ["KafkaTopic"] * topics + ["KafkaUser"] * 4  # ingest, worker, aggregator, keda
     assert all(o["apiVersion"] == f"{STRIMZI_GROUP}/v1" for o in objs)
     pool = find(objs, "KafkaNodePool")[0]
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
@@ -262,8 +263,18 @@ def test_strimzi_overlay_switches_everything_to_sasl_ssl(objects_of):
     assert int(port) in listener_ports
     auth = one(objs, "Secret", "traffic-kafka-auth")["stringData"]
     assert auth["sasl"] == "scram_sha512" and auth["tls"] == "enable"
-    user = find(objs, "KafkaUser")[0]
-    assert auth["username"] == user["metadata"]["name"]
+    users = {u["metadata"]["name"]: u for u in find(objs, "KafkaUser")}
+    keda = users[auth["username"]]
+    assert keda["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"] == {"name": "traffic-kafka-auth", "key": "password"}
+    for kind, name, cname in (("Deployment", "traffic-ingest", "ingest"), ("Deployment", "traffic-worker", "worker"),
+                              ("StatefulSet", "traffic-aggregator", "aggregator")):
+        # each service is its own principal, with the password the User Operator generated for it
+        env = {e["name"]: e for e in container(one(objs, kind, name), cname)["env"]}
+        assert env["TRAFFIC_KAFKA_SASL_USERNAME"].get("value") == name and "valueFrom" not in env["TRAFFIC_KAFKA_SASL_USERNAME"]
+        assert name in users and users[name]["spec"]["authorization"]["type"] == "simple"
+        ref = env["TRAFFIC_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"], ref.get("optional", False)) == (name, "password", False)
+    assert find(objs, "Kafka")[0]["spec"]["kafka"]["authorization"] == {"type": "simple"}
     ta = one(objs, "TriggerAuthentication", "traffic-kafka")
     assert {"sasl", "tls", "username", "password", "ca"} <= {r["parameter"] for r in ta["spec"]["secretTargetRef"]}
     assert not find(objs, "Job"), "KafkaTopic objects own the topics; the topics Job must go"
@@ -305,3 +316,18 @@ def test_strimzi_topics_agree_with_the_code(objects_of, monkeypatch):
         assert rendered[name]["partitions"] == spec.partitions, name
         for key, value in spec.config.items():
             assert str(rendered[name]["config"].get(key)) == value, f"{name} {key}"
+
+
+def test_retention_defaults_of_the_manifests_are_the_codes(objects_of, monkeypatch):
+    """docs/privacy.md's defaults are what Kubernetes runs: the topics Job's retention settings and the
+    worker's DLQ image setting equal TopicSettings' defaults (Strimzi's KafkaTopics: the test above)."""
+    settings_module = pytest.importorskip("traffic.settings", reason="the traffic package is not importable here")
+    for name in [n for n in os.environ if n.startswith("TRAFFIC_TOPICS_")]:
+        monkeypatch.delenv(name)
+    defaults = settings_module.TopicSettings()
+    objs = objects_of("overlays/cpu")
+    topics_cm = [c for c in find(objs, "ConfigMap") if k8s_objects.base_name(c) == "traffic-topics"][0]["data"]
+    for field in ("frames_retention_ms", "detections_retention_ms", "output_retention_ms", "dlq_retention_ms"):
+        assert topics_cm[f"TRAFFIC_TOPICS_{field.upper()}"] == str(getattr(defaults, field)), field
+    worker = container(one(objs, "Deployment", "traffic-worker"), "worker")
+    assert env_value(worker, "TRAFFIC_TOPICS_DLQ_KEEP_FRAME_IMAGES") == str(defaults.dlq_keep_frame_images).lower() == "false"

@@ -74,7 +74,7 @@ def test_topic_creation_is_idempotent_with_configured_layout(kafka_settings: Kaf
     prefix = f"idem{uuid.uuid4().hex[:6]}"
     topics = TopicSettings(
         frames=f"{prefix}.frames", detections=f"{prefix}.det", crossings=f"{prefix}.cross", counts=f"{prefix}.counts",
-        dlq=f"{prefix}.dlq", frames_partitions=5, frames_retention_ms=123000, max_message_bytes=3_000_000,
+        dlq=f"{prefix}.dlq", frames_dlq=f"{prefix}.frames-dlq", frames_partitions=5, frames_retention_ms=123000, max_message_bytes=3_000_000,
     )  # fmt: skip
     first = create_topics(kafka_settings, topics)
     second = create_topics(kafka_settings, topics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from traffic.dlq import DeadLetterInfo
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
@@ -187,7 +189,10 @@ def test_bad_frames_go_to_the_dlq_and_the_worker_goes_on(kafka_settings: KafkaSe
     reasons = [dict(r.headers)["reason"].decode() for r in dead]
     assert sorted(reasons) == sorted(reason for _, _, reason in bad)
     assert all(dict(r.headers)["stage"] == b"worker" for r in dead)
-    assert sorted(r.value for r in dead) == sorted(v for v, _, _ in bad), "DLQ keeps the input unchanged"
+    infos = [DeadLetterInfo.from_headers(r.headers) for r in dead]
+    assert all(r.value == b"" and not i.value_kept for r, i in zip(dead, infos)), "no image of a refused frame in the DLQ"
+    assert sorted(i.value_sha256 for i in infos) == sorted(hashlib.sha256(v).hexdigest() for v, _, _ in bad), "size and hash identify the input"
+    assert sorted(i.value_bytes for i in infos) == sorted(len(v) for v, _, _ in bad)
     assert dlq_metric == len(bad)
 
 
