@@ -18,14 +18,16 @@ All time inside the counter is the events' ``capture_ms``; never the wall clock.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 
-from aggregator.detection_cleanup import drop_riders, merge_duplicates
-from aggregator.geometry import LineGeometry, LineSideState, Point, step_line
-from aggregator.movements import MovementRules, decide
+from aggregator.detection_cleanup import drop_riders, fuse_riders, merge_duplicates
+from aggregator.geometry import LineGeometry, LineSideState, Point, projection, step_line
+from aggregator.movements import MovementRules, decide, zone_of
 from aggregator.ordering import DEFAULT_REORDER_LIMIT, EventOrder
 from aggregator.tracking import CameraTracker
 from aggregator.trajectory import TrackState
@@ -40,7 +42,12 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 2
 # What changes while counting; everything else comes from the site configuration at restore time.
-_DYNAMIC = ("_order", "_tracker", "_tracks", "events", "last_capture_ms", "stream_ended")
+_DYNAMIC = ("_order", "_tracker", "_tracks", "_recent", "_retired", "events", "last_capture_ms", "stream_ended")
+
+def _kind(label: str) -> str:
+    """Two-wheelers (and their riders) or other vehicles: a track is only stitched to one of its kind."""
+    return "two-wheeler" if label in ("motorcycle", "bicycle", "person") else "vehicle"
+
 
 Observer = Callable[[DetectionEvent, Detections, list[CrossingEvent]], None]
 """Called for every processed event with its tracked detections (pixels) and the crossings it gave."""
@@ -68,6 +75,9 @@ class CameraCounter:
         self._camera = camera
         self._counting = counting
         self._classes = np.array(sorted(counting.classes))
+        # Persons are tracked too where two-wheelers are counted: a rider is often found without its
+        # scooter (aggregator/detection_cleanup.py); such tracks count as the two-wheeler they ride.
+        self._tracked_classes = np.array(counting.detected_classes())
         self._timeout_ms = int(round(counting.track_timeout_s * 1000))
         self._hysteresis = counting.line_hysteresis
         self._lines = [(line, LineGeometry(line.points[0], line.points[1])) for line in camera.lines]
@@ -78,6 +88,8 @@ class CameraCounter:
         self._order = EventOrder(camera_id, reorder_limit)
         self._tracker: CameraTracker | None = None
         self._tracks: dict[int, TrackState] = {}
+        self._recent: deque[tuple[str, int, float, int]] = deque(maxlen=64)  # (line, side, where along it, time) of recent crossings
+        self._retired: dict[int, int] = {}  # track ids stitched into another id -> until when (capture ms) their boxes are ignored
         self.events = 0
         self.last_capture_ms: int | None = None
         self.stream_ended = False
@@ -174,6 +186,7 @@ class CameraCounter:
     def _start_session(self) -> None:
         self.stream_ended = False
         self._tracks = {}
+        self._retired = {}
         self._tracker = CameraTracker(self._counting.tracker, self._camera.fps, self._timeout_ms / 1000)
 
     def _end_all_tracks(self, time_ms: int, session: str) -> list[CrossingEvent]:
@@ -190,8 +203,8 @@ class CameraCounter:
         detections = Detections.from_event(event)
         if not len(detections):
             return detections
-        detections = drop_riders(detections)
-        detections = detections[np.isin(detections.class_name, self._classes)]
+        detections = fuse_riders(detections) if self._counting.riders == "fuse" else drop_riders(detections)
+        detections = detections[np.isin(detections.class_name, self._tracked_classes)]
         return merge_duplicates(detections, self._counting.duplicate_iou)
 
     def _process(self, event: DetectionEvent, session: str, observer: Observer | None) -> list[CrossingEvent]:
@@ -205,14 +218,22 @@ class CameraCounter:
         eps = self._counting.motion_eps
         assert tracked.tracker_id is not None
         for box, track_id, label, score in zip(tracked.xyxy, tracked.tracker_id.tolist(), tracked.class_name, tracked.confidence):
+            point = (min(max((box[0] + box[2]) / 2 / w, 0.0), 1.0), min(max(box[3] / h, 0.0), 1.0))
+            if track_id in self._retired:
+                continue  # its state goes on under the id it was stitched to
             state = self._tracks.get(track_id)
             if state is None:
-                state = self._tracks[track_id] = TrackState(first_ms=now, last_seen_ms=now)
-            point = (min(max((box[0] + box[2]) / 2 / w, 0.0), 1.0), min(max(box[3] / h, 0.0), 1.0))
-            state.observe(now, point, str(label), float(score), float(box[3] - box[1]) / h, eps)
+                state = self._stitch(point, now, str(label), float(box[3] - box[1]) / h)
+                if state is None:
+                    state = TrackState(first_ms=now, last_seen_ms=now)
+                self._tracks[track_id] = state
+            state.observe(now, point, str(label), float(score), float(box[3] - box[1]) / h, eps, zone_of(point, self._zones))
             out += self._step_lines(track_id, state, point, now, session)
+            if state.pending_lines and self._counted(state):
+                out += self._flush_pending(track_id, state, session)
         for track_id in [t for t, s in self._tracks.items() if now - s.last_seen_ms > self._timeout_ms]:
             out += self._end_track(track_id, self._tracks.pop(track_id), session)
+        self._retired = {t: until for t, until in self._retired.items() if until >= now}
         if event.end_of_session:  # the ingester's end marker (in seq order): the stream is over, its tracks end here
             out += self._end_all_tracks(now, session)
             self.stream_ended = True
@@ -220,25 +241,101 @@ class CameraCounter:
             observer(event, tracked, out)
         return out
 
+    def _stitch(self, point: Point, now: int, label: str, size: float) -> TrackState | None:
+        """The state of a track lost within ``stitch_s`` that a new track id continues, if one is where it would be now.
+
+        Why: when a vehicle moves farther between frames than its box is long (a scooter at 6 fps)
+        or is hidden for a moment, the tracker may give it a new id; its path would then be cut in
+        two and neither half would show where it came from and where it went. The lost track's
+        last position, moved on by its last velocity, must be within ``stitch_gate`` box heights
+        of the new track's first point, and both must be of the same kind (two-wheeler or not).
+        The lost id is retired: if the tracker finds it again, those boxes are not counted twice.
+        """
+        window = int(self._counting.stitch_s * 1000)
+        if window <= 0:
+            return None
+        best: tuple[float, int] | None = None
+        for track_id, state in self._tracks.items():
+            gap = now - state.last_seen_ms
+            if gap <= 0 or gap > window or _kind(state.vehicle_class) != _kind(label):
+                continue
+            tail = state.tail
+            dt = (tail[-1].time_ms - tail[0].time_ms) or 1
+            vx, vy = (tail[-1].x - tail[0].x) / dt, (tail[-1].y - tail[0].y) / dt
+            px, py = tail[-1].x + vx * gap, tail[-1].y + vy * gap
+            distance = math.hypot(point[0] - px, point[1] - py)
+            if distance <= self._counting.stitch_gate * max(size, state.size) and (best is None or distance < best[0]):
+                best = (distance, track_id)
+        if best is None:
+            return None
+        state = self._tracks.pop(best[1])
+        self._retired[best[1]] = now + self._timeout_ms
+        return state
+
     def _step_lines(self, track_id: int, state: TrackState, point: Point, now: int, session: str) -> list[CrossingEvent]:
         out: list[CrossingEvent] = []
+        margin = self._counting.line_birth_margin
         for line, geometry in self._lines:
             side_state = state.lines.get(line.id)
             if side_state is None:
                 side_state = state.lines[line.id] = LineSideState()
+                d = geometry.signed_distance(point)
+                if margin > 0 and abs(d) < margin and 0.0 <= projection(geometry, point) <= 1.0:
+                    side_state.birth = d
             crossed = step_line(side_state, geometry, point, self._hysteresis)
+            if not crossed and side_state.birth is not None and side_state.side != 0:
+                crossed = self._birth_crossing(side_state, geometry, point, line.id, now)
+            elif crossed:
+                side_state.birth = None
             if not crossed or line.id in state.counted_lines:
                 continue
             direction = "in" if crossed > 0 else "out"
             if line.count not in ("both", direction):
                 continue
             state.counted_lines.add(line.id)
+            self._recent.append((line.id, crossed, projection(geometry, point), now))
             label = line.in_label if crossed > 0 else line.out_label
-            out.append(self._crossing(track_id, state, now, session, kind="line", key=line.id, line=line.id, direction=label))
+            if self._counted(state):
+                out.append(self._crossing(track_id, state, now, session, kind="line", key=line.id, line=line.id, direction=label))
+            else:
+                state.pending_lines[line.id] = (label, now)
+        return out
+
+    def _birth_crossing(self, side_state: LineSideState, geometry: LineGeometry, point: Point, line_id: str, now: int) -> int:
+        """A track first seen on or just past a line, now moving away from it: the crossing it was making.
+
+        Resolved once: moving away by the hysteresis counts (unless another track crossed the line
+        at that place in the last second: then this one is a fragment of it); moving back
+        towards the line does not.
+        """
+        assert side_state.birth is not None
+        side = side_state.side
+        moved = (geometry.signed_distance(point) - side_state.birth) * side
+        if moved < self._hysteresis:
+            if moved < 0:
+                side_state.birth = None
+            return 0
+        side_state.birth = None
+        where = projection(geometry, point)
+        for other_line, other_side, other_where, time_ms in self._recent:
+            if other_line == line_id and other_side == side and now - time_ms <= 1000 and abs(other_where - where) * geometry.length <= 0.04:
+                return 0
+        return side
+
+    def _counted(self, state: TrackState) -> bool:
+        return state.vehicle_class in self._counting.classes
+
+    def _flush_pending(self, track_id: int, state: TrackState, session: str) -> list[CrossingEvent]:
+        """The crossings a track made before its class was a counted one, with the times they happened."""
+        out = [
+            self._crossing(track_id, state, time_ms, session, kind="line", key=line_id, line=line_id, direction=label)
+            for line_id, (label, time_ms) in sorted(state.pending_lines.items(), key=lambda item: item[1][1])
+        ]
+        state.pending_lines.clear()
         return out
 
     def _end_track(self, track_id: int, state: TrackState, session: str) -> list[CrossingEvent]:
-        if state.movement_done or not self._zones:
+        if state.movement_done or not self._zones or not self._counted(state):
             return []
         state.movement_done = True
         decided = decide(state, self._zones, self._rules)

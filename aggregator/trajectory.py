@@ -23,6 +23,10 @@ from aggregator.geometry import LineSideState, Point
 
 HEAD_POINTS = 8
 TAIL_POINTS = 8
+ZONE_RUNS_KEPT = 3
+TWO_WHEELERS = ("motorcycle", "bicycle")
+RIDDEN_SHARE = 0.25
+"""A person track with this share of two-wheeler votes is a ridden two-wheeler (see ``vehicle_class``)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +60,11 @@ class TrackState:
         tail: its last points.
         path_length: distance travelled since it started moving (normalized units).
         movement_done: its movement was decided (counted or not).
+        pending_lines: crossings made while its class was not a counted one (a rider seen before
+            its scooter): line id -> (direction label, capture time); counted once the class is.
+        runs: the approach zones it passed through since it started moving, in order (a zone
+            left and entered again is two runs); the first and last ZONE_RUNS_KEPT are kept.
+        zone: the zone it is in now; anchor_zone: the zone where it stood before moving.
         size: height of its last box (normalized), the scale for distance gates.
     """
 
@@ -72,9 +81,16 @@ class TrackState:
     path_length: float = 0.0
     movement_done: bool = False
     size: float = 0.0
+    pending_lines: dict[str, tuple[str, int]] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+    zone: str | None = None
+    anchor_zone: str | None = None
 
-    def observe(self, time_ms: int, point: Point, label: str, confidence: float, size: float, motion_eps: float) -> None:
-        """Add one frame's observation of the track."""
+    def observe(
+        self, time_ms: int, point: Point, label: str, confidence: float, size: float, motion_eps: float, zone: str | None = None
+    ) -> None:
+        """Add one frame's observation of the track (``zone``: the approach zone its ground point is in)."""
+        self._visit(zone)
         self.last_seen_ms = time_ms
         self.hits += 1
         self.votes[label] = self.votes.get(label, 0.0) + confidence
@@ -88,19 +104,42 @@ class TrackState:
         self.tail.append(here)
         if self.anchor is None:
             self.anchor = here
+            self.anchor_zone = zone
             return
         if not self.moving:
             if math.hypot(here.x - self.anchor.x, here.y - self.anchor.y) >= motion_eps:
                 self.moving = True
                 self.head = [self.anchor, here]
                 self.path_length = math.hypot(here.x - self.anchor.x, here.y - self.anchor.y)
+                self.runs = [self.anchor_zone] if self.anchor_zone is not None else []
+                self.zone = self.anchor_zone
+                self._visit(zone)
             return
         if len(self.head) < HEAD_POINTS:
             self.head.append(here)
 
+    def _visit(self, zone: str | None) -> None:
+        """Record the zone runs (a run: consecutive frames in one zone) once it moves; bounded to the first and last few."""
+        if not self.moving:
+            return
+        if zone is not None and zone != self.zone:
+            self.runs.append(zone)
+            if len(self.runs) > 2 * ZONE_RUNS_KEPT:
+                del self.runs[ZONE_RUNS_KEPT]
+        self.zone = zone
+
     @property
     def vehicle_class(self) -> str:
-        """The label with the largest summed confidence (ties: the label seen first)."""
+        """The label with the largest summed confidence (ties: the label seen first).
+
+        A track seen partly as a ``person`` and partly as a two-wheeler is a ridden two-wheeler
+        (the detector often finds the rider and misses the scooter under it): it takes the best
+        two-wheeler label once two-wheelers hold at least ``RIDDEN_SHARE`` of its votes.
+        """
+        wheels = {label: score for label, score in self.votes.items() if label in TWO_WHEELERS}
+        if wheels and "person" in self.votes and sum(wheels.values()) >= RIDDEN_SHARE * sum(self.votes.values()):
+            best = max(wheels.values())
+            return next(label for label, score in wheels.items() if score == best)
         best = max(self.votes.values())
         return next(label for label, score in self.votes.items() if score == best)
 

@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         if annotator is not None:
             annotator(frame)
 
-    classes = tuple(site.counting.classes)
+    classes = site.counting.detected_classes()
     if annotator is not None and annotator.blur_persons and "person" not in classes:
         classes += ("person",)  # to blur them; the counter tracks only the counted classes, NMS is per class: counts unchanged
     detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=classes,

@@ -70,7 +70,7 @@ def evaluate(
     video = recording.video
     cached = get_or_build(video, camera, detector)
     fps = rate or camera.fps
-    events = cached.events(truth.camera, intersection.id, EVAL_SESSION, fps, detector.conf, tuple(recording.site.counting.classes))
+    events = cached.events(truth.camera, intersection.id, EVAL_SESSION, fps, detector.conf, recording.site.counting.detected_classes())
     result = count_events(((e, None) for e in events), recording.site, truth.camera)
     predicted = to_predicted(result.crossings, cached.fps, truth.labelled_lines, truth.labelled_movements)
     ours = score(truth.vehicles, predicted, truth.frames, truth.fps)

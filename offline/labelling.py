@@ -38,7 +38,7 @@ def write_labelling_aid(
     out.mkdir(parents=True, exist_ok=True)
     cached = get_or_build(video, camera, detector)
     fps = cached.fps
-    events = cached.events(camera_id, intersection.id, "label", rate or fps, min(detector.conf, 0.1), tuple(site.counting.classes))
+    events = cached.events(camera_id, intersection.id, "label", rate or fps, min(detector.conf, 0.1), site.counting.detected_classes())
     first = read_frames(video, [0]).get(0)
     if first is None:
         raise ValueError(f"{video}: no frame")

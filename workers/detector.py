@@ -49,7 +49,7 @@ class DetectorSettings:
     device: str = "cpu"
     half: bool = False
     classes: tuple[str, ...] = field(default=DEFAULT_CLASSES)
-    conf: float = 0.25
+    conf: float = 0.1
     iou: float = 0.7
     imgsz: int = 640
     batch_size: int = 8

@@ -19,8 +19,11 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 BOX_W, BOX_H = 0.1, 0.08
 
 
-def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float = 1.0) -> Site:
-    """A horizontal line at y=0.5 (in = downwards) and two zones: top (north) and bottom (south)."""
+def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float = 1.0, reach: float = 0.12) -> Site:
+    """A horizontal line at y=0.5 (in = downwards) and two zones: top (north) and bottom (south).
+
+    ``reach`` 0.12 (the default is longer): the cases below place tracks 0.05 and 0.15 from a zone.
+    """
     return parse_site(
         {
             "intersections": [{"id": "x1", "cameras": [{
@@ -31,7 +34,7 @@ def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float =
                     {"id": "south", "compass": "south", "polygon": [[0, 0.75], [1, 0.75], [1, 1], [0, 1]]},
                 ],
             }]}],
-            "counting": {"classes": ["car", "truck"], "track_timeout_s": timeout_s, "line_hysteresis": hysteresis},
+            "counting": {"classes": ["car", "truck"], "track_timeout_s": timeout_s, "line_hysteresis": hysteresis, "reach": reach},
         }
     )  # fmt: skip
 
@@ -83,7 +86,8 @@ STOP_AND_GO = straight(0.1, 0.49) + [(0.5, 0.5 + d) for d in (0.004, -0.006, 0.0
         ("both", straight(0.1, 0.2, step=0.005), []),  # stays in its entry zone: no movement, no line
         ("both", straight(0.3, 0.7), [("line", "southbound"), ("movement", "north>south:through")]),  # first seen just past the north zone, lost just before the south zone: extended along its heading (within `reach`)
         ("both", straight(0.4, 0.6), [("line", "southbound")]),  # seen only in the middle, farther than `reach` from both zones: line only
-        ("both", straight(0.5, 0.9), []),  # first seen on the line, ends in one zone: nothing
+        ("both", straight(0.5, 0.9), [("line", "southbound")]),  # first seen on the line, moving away: it was crossing (line_birth_margin)
+        ("both", straight(0.58, 0.9), []),  # first seen 0.08 past the line (beyond the 0.06 birth margin): not counted
     ],
 )
 def test_single_vehicle(count: str, path: list[tuple[float, float] | None], expected: list[tuple[str, str]]) -> None:

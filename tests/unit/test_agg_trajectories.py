@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aggregator.detection_cleanup import drop_riders, merge_duplicates
-from aggregator.movements import MovementRules, decide, ray_hit
+from aggregator.movements import MovementRules, decide, ray_hit, zone_of
 from aggregator.trajectory import HEAD_POINTS, TAIL_POINTS, TrackState
 from traffic.detections import Detections, box_ioa, box_iou
 from traffic.wire import Detection
@@ -67,7 +67,7 @@ def test_detections_round_trip_through_the_wire() -> None:
 def track(points: list[tuple[float, float]], eps: float = 0.02) -> TrackState:
     state = TrackState(first_ms=0, last_seen_ms=0)
     for i, p in enumerate(points):
-        state.observe(i * 100, p, "car", 0.9, 0.1, eps)
+        state.observe(i * 100, p, "car", 0.9, 0.1, eps, zone_of(p, ZONES))
     return state
 
 
@@ -96,6 +96,10 @@ RULES = MovementRules(min_travel=0.08, uturn_depth=0.2, reach=0.12)
         (line_of((0.3, 0.1), (0.3, 0.45)) + line_of((0.3, 0.45), (0.4, 0.1))[1:], ("north", "north")),  # a real u-turn
         (line_of((0.3, 0.15), (0.3, 0.27)) + line_of((0.3, 0.27), (0.35, 0.1))[1:], None),  # a short loop out of the zone: not a u-turn
         ([(0.5, 0.1)] * 30 + line_of((0.5, 0.1), (0.5, 0.9)), ("north", "south")),  # queued at a red light, then through
+        (line_of((0.5, 0.02), (0.5, 0.1)) + line_of((0.5, 0.1), (0.5, 0.6))[1:], None),  # from far up the north road, lost mid-way: exit unknown
+        (line_of((0.5, 0.5), (0.5, 0.98)), None),  # first seen mid-way, into the south zone: 0.3 from the north zone, entry unknown
+        (line_of((0.92, 0.5), (0.5, 0.5)) + line_of((0.5, 0.5), (0.5, 0.02))[1:], ("east", "north")),  # on past its exit zone, up the road
+        (line_of((0.5, 0.33), (0.5, 0.1)), None),  # a short way into the north zone from the middle: one zone, no second end
     ],
 )
 def test_decide(points: list[tuple[float, float]], expected: tuple[str, str] | None) -> None:
