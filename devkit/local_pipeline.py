@@ -169,6 +169,7 @@ class LocalPipeline:
             **os.environ,
             **clients.environment(self.kafka),
             "TRAFFIC_SITE_CONFIG": str(cfg.site),
+            "TRAFFIC_AGGREGATOR_SITE_CONFIG": str(cfg.site),  # the aggregator's own setting
             **{f"TRAFFIC_TOPICS_{name.upper()}": str(value) for name, value in self.topics.model_dump().items()},
             "TRAFFIC_SHARED_DIR": str(shared_dir()),
         }
