@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -232,6 +233,15 @@ def is_built(cache: Path, comp: Component) -> bool:
     return all(os.access(cache / "bin" / b, os.X_OK) for b in comp.binaries)
 
 
+def _exec_name(pkg: str) -> str:
+    """The file name `go build -o DIR/` gives a command: its last path element, or the one before
+    a major-version suffix (go.etcd.io/etcd/server/v3 -> server)."""
+    parts = pkg.split("/")
+    if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
 def build_component(cache: Path, comp: Component) -> float:
     """Builds one component from a scratch module; returns the seconds it took."""
     started = time.monotonic()
@@ -256,12 +266,14 @@ def build_component(cache: Path, comp: Component) -> float:
     shutil.rmtree(tmp_bin, ignore_errors=True)
     tmp_bin.mkdir()
     _log(f"{comp.name} {comp.version}: go build {' '.join(comp.binaries)} (nice; minutes on 2 cores)")
-    for binary, pkg in comp.binaries.items():
-        _go(["build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(tmp_bin / binary), pkg],
-            scratch, nice=True)
+    # One invocation for all of a component's commands: their shared packages compile once and
+    # one binary links while the other's packages still compile. `-o DIR/` names each binary
+    # after its package's last path element.
+    _go(["build", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(tmp_bin) + "/", *comp.binaries.values()],
+        scratch, nice=True)
     (cache / "bin").mkdir(parents=True, exist_ok=True)
-    for binary in comp.binaries:
-        os.replace(tmp_bin / binary, cache / "bin" / binary)
+    for binary, pkg in comp.binaries.items():
+        os.replace(tmp_bin / _exec_name(pkg), cache / "bin" / binary)
     if comp.copies:
         mod_dir = Path(json.loads(_go(["list", "-m", "-json", comp.module], scratch, capture=True))["Dir"])
         for pattern, dest in comp.copies:
