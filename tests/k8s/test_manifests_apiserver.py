@@ -121,10 +121,12 @@ def test_strimzi_scaledobject_accepted(applied, k8s_api):
     only the Strimzi operator makes (no operator here)."""
     namespace, objs = _target(applied, "overlays/cpu-strimzi")
     custom = client.CustomObjectsApi(k8s_api)
-    for plural, names in (("kafkas", ["traffic-kafka"]), ("kafkanodepools", ["dual-role"]), ("kafkausers", ["traffic-pipeline"]),
-                          ("kafkatopics", sorted(o["metadata"]["name"] for o in objs if o["kind"] == "KafkaTopic"))):
-        found = custom.list_namespaced_custom_object("kafka.strimzi.io", "v1", namespace, plural)["items"]
-        assert sorted(k["metadata"]["name"] for k in found) == names
+    strimzi = [o for o in objs if o["apiVersion"].startswith("kafka.strimzi.io/")]
+    assert {o["kind"] for o in strimzi} >= {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
+    for kind in {o["kind"] for o in strimzi}:
+        names = sorted(o["metadata"]["name"] for o in strimzi if o["kind"] == kind)
+        found = custom.list_namespaced_custom_object("kafka.strimzi.io", "v1", namespace, kind.lower() + "s")["items"]
+        assert sorted(k["metadata"]["name"] for k in found) == names, kind
 
     def reported():
         so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", "traffic-worker")
