@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from traffic.errors import BrokerUnavailable
 from traffic.settings import KafkaSettings
 
 
@@ -33,15 +32,15 @@ class GroupLag:
 class LagReader:
     """One admin client and one offsets consumer, reused across reads; close() when done."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
-        from kafka import KafkaAdminClient, KafkaConsumer
-        from kafka.errors import KafkaError
+    def __init__(self, kafka: KafkaSettings, client_id: str = "traffic-lag") -> None:
+        from traffic import clients
 
+        self._admin = clients.admin(kafka, client_id=client_id)
         try:
-            self._admin = KafkaAdminClient(**kafka.kafka_python())
-            self._consumer = KafkaConsumer(**kafka.kafka_python(), group_id=None, enable_auto_commit=False)
-        except KafkaError as err:
-            raise BrokerUnavailable(f"Kafka at {kafka.bootstrap_servers} is not reachable: {err}") from err
+            self._consumer = clients.consumer(kafka, client_id=client_id, group_id=None, enable_auto_commit=False)
+        except BaseException:
+            self._admin.close()
+            raise
 
     def lag(self, group: str, topic: str) -> GroupLag:
         from kafka import TopicPartition

@@ -137,11 +137,12 @@ def ingest_status(api: Any, namespace: str, deployment: str) -> tuple[str, list[
 def last_counts(kafka: KafkaSettings, topic: str, tail: int = 500) -> dict[str, tuple[int, int, int, int]]:
     """intersection -> (record timestamp ms, interval start ms, interval end ms, interval s) of its newest
     count record, from the last ``tail`` records of each partition."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
+    from traffic import clients
     from traffic.wire import CountRecord
 
-    consumer = KafkaConsumer(**kafka.kafka_python(), group_id=None, enable_auto_commit=False, consumer_timeout_ms=2000)
+    consumer = clients.consumer(kafka, client_id="traffic-status", group_id=None, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -186,7 +187,7 @@ def gather(kafka: KafkaSettings, topics: TopicSettings, site_path: str, namespac
             ingest, ingest_pods = ingest_status(api, namespace, ingest_deployment)
         except Exception as err:  # noqa: BLE001 - show what Kafka knows even when the cluster answers badly
             kube_error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    with LagReader(kafka) as reader:
+    with LagReader(kafka, client_id="traffic-status") as reader:
         wanted = list(groups or [])
         if worker.group and worker.group not in wanted:
             wanted.insert(0, worker.group)

@@ -13,12 +13,13 @@ import os
 import subprocess
 import sys
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import OffsetAndMetadata, TopicPartition
 from kubernetes import client
 
 from devkit.control_plane import apply_objects
 from tests.k8s.conftest import wait_for
 from tests.k8s.manifests import retarget
+from traffic import clients
 from traffic.site import load_site
 from traffic.status import camera_partition
 from traffic.wire import CountRecord
@@ -34,7 +35,7 @@ def test_status_reports_cameras_lag_workers_and_last_count(control_plane, k8s_ap
 
     site = load_site(demo_site_file)
     cameras = [(i.id, c.id) for i in site.intersections for c in i.cameras]
-    producer = KafkaProducer(**kafka_settings.kafka_python())
+    producer = clients.producer(kafka_settings, client_id="test-status")
     partitions = {}
     for _, cam in cameras:
         for n in range(7):
@@ -46,7 +47,7 @@ def test_status_reports_cameras_lag_workers_and_last_count(control_plane, k8s_ap
         vehicle_class="car", count=3, final=True).encode()).get(timeout=30)
     producer.close()
     # The group has taken 2 frames of each camera's partition: 5 per camera left.
-    consumer = KafkaConsumer(**kafka_settings.kafka_python(), group_id=group, enable_auto_commit=False)
+    consumer = clients.consumer(kafka_settings, client_id="test-status", group_id=group, enable_auto_commit=False)
     tps = [TopicPartition(topic_settings.frames, p) for p in sorted(set(partitions.values()))]
     consumer.assign(tps)
     consumer.commit({tp: OffsetAndMetadata(2, "", -1) for tp in tps})
