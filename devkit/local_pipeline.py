@@ -102,7 +102,7 @@ class CountsReader:
                     rec = CountRecord.decode(message.value)
                 except TrafficError:
                     continue
-                self.records[(rec.interval_s, rec.interval_start_ms, rec.series, rec.approach, rec.movement, rec.vehicle_class)] = rec
+                self.records[(rec.intersection, rec.interval_s, rec.interval_start_ms, rec.series, rec.approach, rec.movement, rec.vehicle_class)] = rec
 
     def end_offset(self, topic: str) -> int:
         """Messages ever written to ``topic`` (sum of the partitions' end offsets)."""
