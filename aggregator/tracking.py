@@ -14,6 +14,7 @@ detected boxes stop overlapping, and plain IoU association gives up and starts a
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -44,32 +45,32 @@ class _Boxes:
         return _Boxes(self.conf[index], self.cls[index], self.xywh[index])
 
 
-def _tracker_class(kind: str, buffer: float) -> type:
-    from ultralytics.trackers.utils import matching
+def _tracker_class(kind: str) -> type:
     from ultralytics.trackers.bot_sort import BOTSORT
     from ultralytics.trackers.byte_tracker import BYTETracker
     from ultralytics.trackers.oc_sort import OCSORT
 
-    base: type = {"bytetrack": BYTETracker, "ocsort": OCSORT, "botsort": BOTSORT}[kind]
-    if buffer <= 0:
-        return base
+    return {"bytetrack": BYTETracker, "ocsort": OCSORT, "botsort": BOTSORT}[kind]
 
-    class Buffered(base):  # type: ignore[misc, valid-type]
-        """The same tracker with buffered-IoU association (see the module docstring)."""
 
-        def get_dists(self, tracks: list, detections: list) -> np.ndarray:
-            if not tracks or not detections:
-                return np.zeros((len(tracks), len(detections)), dtype=np.float32)
-            a = _expand(np.array([t.xyxy for t in tracks], dtype=np.float64), buffer)
-            b = _expand(np.array([d.xyxy for d in detections], dtype=np.float64), buffer)
-            iou_dists = 1.0 - box_iou(a, b)
-            dists = matching.fuse_score(iou_dists, detections) if self.args.fuse_score else iou_dists
-            if kind == "ocsort":
-                dists = dists + self.inertia * self._velocity_direction_cost(tracks, detections)
-            return dists
+def _buffered_dists(tracker: Any, buffer: float, tracks: list, detections: list) -> np.ndarray:
+    """The tracker's association cost with buffered IoU (see the module docstring).
 
-    Buffered.__name__ = f"Buffered{base.__name__}"
-    return Buffered
+    A module-level function bound with functools.partial (not a subclass made at run time), so the
+    tracker pickles with the camera's checkpoint.
+    """
+    from ultralytics.trackers.oc_sort import OCSORT
+    from ultralytics.trackers.utils import matching
+
+    if not tracks or not detections:
+        return np.zeros((len(tracks), len(detections)), dtype=np.float32)
+    a = _expand(np.array([t.xyxy for t in tracks], dtype=np.float64), buffer)
+    b = _expand(np.array([d.xyxy for d in detections], dtype=np.float64), buffer)
+    iou_dists = 1.0 - box_iou(a, b)
+    dists = matching.fuse_score(iou_dists, detections) if tracker.args.fuse_score else iou_dists
+    if isinstance(tracker, OCSORT):
+        dists = dists + tracker.inertia * tracker._velocity_direction_cost(tracks, detections)
+    return dists
 
 
 def _expand(xyxy: np.ndarray, buffer: float) -> np.ndarray:
@@ -98,7 +99,9 @@ class CameraTracker:
             fuse_score=True,
             track_buffer=max(1, math.ceil(lost_timeout_s * fps)),
         )
-        self._tracker = _tracker_class(config.type, config.buffer)(SimpleNamespace(**args))
+        self._tracker = _tracker_class(config.type)(SimpleNamespace(**args))
+        if config.buffer > 0:
+            self._tracker.get_dists = functools.partial(_buffered_dists, self._tracker, config.buffer)
 
     def update(self, detections: Detections) -> Detections:
         """Feed one frame's detections (in seq order); return the tracks updated in this frame.
