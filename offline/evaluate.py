@@ -61,9 +61,13 @@ def peer_predicted(crossings: list[PeerCrossing], labelled_lines: tuple[str, ...
 
 
 def evaluate(
-    recording: LabelledRecording, detector: DetectorSettings, rate: float | None = None, with_peer: bool = True, progress=None  # type: ignore[no-untyped-def]
+    recording: LabelledRecording, detector: DetectorSettings, rate: float | None = None, with_peer: bool = True, progress=None,  # type: ignore[no-untyped-def]
+    peer_rate: float | None = None, with_ours: bool = True,
 ) -> RecordingResult:
-    """Count one labelled recording (ours, and the peer's unless ``with_peer`` is False) and score it."""
+    """Count one labelled recording (ours, and the peer's unless ``with_peer`` is False) and score it.
+
+    ``peer_rate``: the peer's sampling rate (default: the same frames as ours).
+    """
     started = time.monotonic()
     truth = recording.truth
     intersection, camera = recording.site.camera(truth.camera)
@@ -76,7 +80,7 @@ def evaluate(
     ours = score(truth.vehicles, predicted, truth.frames, truth.fps)
     out = RecordingResult(recording, fps, ours, predicted, result.crossings)
     if with_peer and truth.labelled_lines:
-        frames = ((f.frame_index, f.image) for f in worker_frames(video, camera, fps))
+        frames = ((f.frame_index, f.image) for f in worker_frames(video, camera, peer_rate or fps))
         crossings = run_peer(frames, camera, detector.model, [c for c in recording.site.counting.classes], on_frame=progress)
         out.peer_predicted = peer_predicted(crossings, truth.labelled_lines)
         line_truth = [r for r in truth.vehicles if r.kind == "line"]
