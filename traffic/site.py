@@ -252,7 +252,7 @@ class Counting(_Strict):
     line_hysteresis: float = Field(default=0.01, ge=0, le=0.5)
     tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     riders: Literal["fuse", "drop"] = Field(default="fuse", description="a person riding a detected two-wheeler: fused with it into one box (fuse) or dropped (drop)")
-    line_birth_margin: float = Field(default=0.06, ge=0, le=0.5, description="a track first seen within this distance of a line (on it or just past it) and moving away from it was crossing it: counted (normalized; 0 = off)")
+    line_birth_margin: float = Field(default=0.1, ge=0, le=0.5, description="a track first seen within this distance of a line (on it or just past it) and moving away from it was crossing it: counted (normalized; 0 = off)")
     stitch_s: float = Field(default=0.0, ge=0, le=10, description="a new track id that appears where a track lost less than this long ago would be now continues that track (0 = off)")
     stitch_gate: float = Field(default=1.0, gt=0, le=10, description="how near (in box heights) to the lost track's predicted position the new track must appear")
     duplicate_iou: float = Field(default=0.7, gt=0, le=1, description="boxes of counted classes overlapping more than this are one vehicle")
