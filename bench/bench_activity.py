@@ -2,7 +2,7 @@
 
 Why: skipping the model on frames that hardly differ from the last inferred one must not change
 a count, and should save most model calls where nothing moves (night, an empty road). Same
-videos, same model, same run, through ``aggregator.offline.count_video`` - the code of
+videos, same model, same run, through ``offline.count.count_video`` - the code of
 ``traffic count``, which runs the ingester's :class:`ingest.activity.ActivityGate` in seq order
 exactly as the streaming pipeline does:
 
@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--json", default="", help="also write the raw figures to this JSON file")
     args = parser.parse_args()
-    from aggregator.offline import count_video
+    from offline.count import count_video
     from ingest.settings import IngestSettings
     from workers.detector import DetectorSettings
 

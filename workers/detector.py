@@ -31,6 +31,10 @@ from workers.streams import OpenVinoStreams, StageTimes, eligible
 
 log = logging.getLogger(__name__)
 
+_CONF_SLACK = 1e-4
+"""The threshold applies to the score as published (rounded to 4 decimals), so a stricter filter of
+a lower-threshold run gives exactly the same detections (offline/detection_cache.py relies on it)."""
+
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
 
 
@@ -55,7 +59,7 @@ class DetectorSettings:
     device: str = "cpu"
     half: bool = False
     classes: tuple[str, ...] = field(default=DEFAULT_CLASSES)
-    conf: float = 0.25
+    conf: float = 0.1
     iou: float = 0.7
     imgsz: int = 640
     batch_size: int = 8
@@ -171,7 +175,7 @@ class Detector:
 
     def _predict(self, chunk: list[np.ndarray]) -> list[Any]:
         return self.model.predict(
-            chunk, imgsz=self.settings.imgsz, conf=self.settings.conf, iou=self.settings.iou, classes=self.class_ids,
+            chunk, imgsz=self.settings.imgsz, conf=max(0.0, self.settings.conf - _CONF_SLACK), iou=self.settings.iou, classes=self.class_ids,
             device=self.device, verbose=False, batch=len(chunk), **self._precision,
         )  # fmt: skip
 
@@ -183,7 +187,7 @@ class Detector:
         return tuple(
             Detection(class_id=int(c), label=self.names[int(c)], confidence=float(round(s, 4)),
                       box=tuple(float(round(v, 5)) for v in box))  # type: ignore[arg-type]
-            for box, c, s in zip(xyxyn, cls, conf)
+            for box, c, s in zip(xyxyn, cls, conf) if round(float(s), 4) >= self.settings.conf
         )  # fmt: skip
 
     def close(self) -> None:

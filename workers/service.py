@@ -56,7 +56,8 @@ from traffic.errors import BadInput, ContractError
 from traffic.health import Health, HealthServer
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import load_site
-from traffic.wire import DetectionEvent, FrameHeaders
+from traffic.wire import FrameHeaders
+from workers.events import detection_event
 from workers import metrics
 from workers.decode import decode_jpeg
 from workers.detector import Detector, DetectorSettings
@@ -473,12 +474,8 @@ class Worker:
             h = frame.headers
             started = time.perf_counter()
             try:
-                event = DetectionEvent(
-                    camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
-                    model=self.detector.model_name, width=h.width, height=h.height, detections=frame.detections,
-                    inference_ms=round(frame.times.total * 1000, 2) if frame.times is not None else None,
-                    end_of_session=h.end, reused_from_seq=h.unchanged_since,
-                )  # fmt: skip
+                event = detection_event(h, self.detector.model_name, frame.detections,
+                                        round(frame.times.total * 1000, 2) if frame.times is not None else None)
             except ValidationError as exc:
                 self._dead_letter(batch, frame.record, ContractError(f"no valid detection event: {exc.errors()[0]['msg']}", "malformed"))
                 continue

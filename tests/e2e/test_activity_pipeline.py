@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.offline import count_video
+from offline.count import count_video
 from devkit.local_pipeline import LocalPipeline, PipelineConfig
 from ingest.settings import IngestSettings
 from tests.integration.test_count_synthetic import eastbound, make_video, site_file, westbound

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.offline import count_video
+from offline.count import count_video
 from ingest.settings import IngestSettings
 from traffic.site import load_site
 from workers.detector import DetectorSettings

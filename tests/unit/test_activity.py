@@ -174,12 +174,17 @@ def test_without_substitution_the_wait_would_lose_the_track() -> None:
 
 
 def test_a_missing_reference_gives_no_detections_not_some_other_frame() -> None:
-    counter = CameraCounter(small_site(), "cam")
+    counter = CameraCounter(small_site(), "cam", reorder_limit=1)
     car = Detection(class_id=2, label="car", confidence=0.9, box=(0.45, 0.1, 0.55, 0.2))
-    counter.update(_event(0, detections=(car,)))
-    counter.update(_event(2, reused_from_seq=1))  # seq 1 (its reference) never came: skipped as a gap later
-    counter.finish()
-    assert counter.last_tracked == []  # seq 2 was tracked with no detections, not with seq 0's
+    seen: dict[int, int] = {}  # seq -> detections the tracker got
+
+    def observe(event: DetectionEvent, tracked: object, crossings: object) -> None:
+        seen[event.seq] = len(event.detections)
+
+    counter.update(_event(0, detections=(car,)), observe)
+    counter.update(_event(2, reused_from_seq=1), observe)  # seq 1 (its reference) never came: the gap is skipped at once
+    assert counter.skipped == 1
+    assert seen == {0: 1, 2: 0}  # seq 2 was tracked with no detections, not with seq 0's
 
 
 @pytest.mark.parametrize("seed", range(5))
