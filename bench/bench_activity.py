@@ -11,9 +11,11 @@ exactly as the streaming pipeline does:
 
 Per video: line and movement totals of both runs (they must be equal), frames, model calls
 saved, and wall time (off and on interleaved per video; the machine's 2 cores are shared, so a
-single timing can be off by 50 %). Videos without a site file of their own in ``deploy/sites``
-get a generic measuring site (a horizontal and a vertical line through the middle, four edge
-zones): equal counts on it still show the gate changes nothing, but those counts are not labelled.
+single timing can be off by 50 %). The labelled recordings (``bench/accuracy/truth/*.truth.yaml``)
+are counted with their truth file's site and camera and both runs are scored against the truth
+(``offline/scoring.py``, as ``traffic eval``); other videos get a generic measuring site (a
+horizontal and a vertical line through the middle, four edge zones): equal counts on it still
+show the gate changes nothing, but those counts are not labelled.
 
     .venv/bin/python bench/bench_activity.py [--videos intersection night_approach ...]
 """
@@ -44,16 +46,22 @@ EMPTY_ROAD = "empty_road"
 real pixels), 30 s at 30 fps, counted with the demo site's camera."""
 
 
+def truth_for(video: Path):  # type: ignore[no-untyped-def]
+    """The labelled recording (``offline.truth.LabelledRecording``) of ``video``, or None."""
+    from offline.truth import load_truth
+
+    for path in sorted((REPO / "bench" / "accuracy" / "truth").glob("*.truth.yaml")):
+        recording = load_truth(path)
+        if recording.video.name == video.name:
+            return recording
+    return None
+
+
 def site_for(video: Path, tmp: Path) -> tuple[Path, str, bool]:
-    """(site file, camera id, labelled?) for ``video``: a site of deploy/sites whose camera plays it, else a generic one."""
-    for path in sorted((REPO / "deploy" / "sites").glob("*.yaml")):
-        try:
-            site = load_site(path)
-        except Exception:  # noqa: BLE001 - a site that needs other environment is simply not used here
-            continue
-        for camera_id, (_, camera) in site.cameras().items():
-            if Path(camera.resolved_source()).name == video.name:
-                return path, camera_id, True
+    """(site file, camera id, labelled?) for ``video``: the site of its truth file, else a generic one."""
+    recording = truth_for(video)
+    if recording is not None:
+        return recording.path.parent / recording.truth.site, recording.truth.camera, True
     generic = {
         "intersections": [{"id": "measure", "cameras": [{
             "id": "cam-measure", "source": str(video), "fps": 10, "max_width": 640, "jpeg_quality": 80,
@@ -84,6 +92,17 @@ def totals(crossings: list) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def truth_error(recording, crossings: list) -> str:  # type: ignore[no-untyped-def]
+    """Total and cell error of ``crossings`` against the recording's truth (lines and movements pooled)."""
+    from offline.evaluate import to_predicted
+    from offline.scoring import score
+
+    truth = recording.truth
+    predicted = to_predicted(crossings, truth.fps, truth.labelled_lines, truth.labelled_movements)
+    overall = score(truth.vehicles, predicted, truth.frames, truth.fps).overall
+    return f"{100 * (overall.total_error or 0):.1f} % / {100 * (overall.cell_error or 0):.1f} %"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", nargs="*", default=list(VIDEOS))
@@ -108,7 +127,7 @@ def main() -> int:
                 video = shared_dir() / "videos" / f"{name}.mp4"
                 site_path, camera, labelled = site_for(video, Path(tmp))
             site = load_site(site_path)
-            detector = DetectorSettings(model=model, classes=tuple(site.counting.classes))
+            detector = DetectorSettings(model=model, classes=site.counting.detected_classes())  # what `traffic count` detects
             started = time.perf_counter()
             off = count_video(video, site, camera, detector)
             off_s = time.perf_counter() - started
@@ -116,27 +135,33 @@ def main() -> int:
             on = count_video(video, site, camera, detector, activity=rule)
             on_s = time.perf_counter() - started
             same = totals(off.crossings) == totals(on.crossings)
+            recording = truth_for(video) if labelled else None
+            errors = (truth_error(recording, off.crossings), truth_error(recording, on.crossings)) if recording is not None else ("-", "-")
             raw[name] = {"frames": off.frames, "reused": on.reused, "same": same, "off_s": off_s, "on_s": on_s,
-                         "off": totals(off.crossings), "on": totals(on.crossings), "site": site_path.name if labelled else "generic"}  # fmt: skip
-            print(f"{name}: {off.frames} frames, {on.reused} reused, counts equal: {same}, {off_s:.1f} s -> {on_s:.1f} s", flush=True)
+                         "off": totals(off.crossings), "on": totals(on.crossings), "site": site_path.name if labelled else "generic",
+                         "truth_error_off": errors[0], "truth_error_on": errors[1]}  # fmt: skip
+            print(f"{name}: {off.frames} frames, {on.reused} reused, counts equal: {same}, error vs truth (total / cells) "
+                  f"off {errors[0]}, on {errors[1]}, {off_s:.1f} s -> {on_s:.1f} s", flush=True)  # fmt: skip
             label = "empty road (intersection.mp4's view, traffic removed; 30 s)" if name == EMPTY_ROAD else f"{name}.mp4"
             rows.append(
                 f"| {label} | {site_path.name if labelled else 'generic measuring site'} | {off.frames} | "
-                f"{len(off.crossings)} | {len(on.crossings)} | {'**yes**' if same else '**NO**'} | {on.reused} "
+                f"{len(off.crossings)} | {len(on.crossings)} | {'**yes**' if same else '**NO**'} | {errors[0]} | {errors[1]} | {on.reused} "
                 f"({100 * on.reused / max(1, off.frames):.0f} %) | {off_s / on_s:.2f} |"
             )
             if not same:
                 print("  off:", off.crossings and totals(off.crossings), "\n  on: ", totals(on.crossings))
     text = "\n".join([
         f"`bench/bench_activity.py`, {machine()}. `traffic count`'s code (`count_video`) over each whole video at the "
-        f"site's fps (10; hanoi_intersection.mp4 has 6), shared YOLO11n INT8 OpenVINO, activity gating off and on (the "
+        f"camera fps of its site file, shared YOLO11n INT8 OpenVINO, activity gating off and on (the "
         f"default rule: {rule.thumb_width} px grey thumbnail, a pixel changed above {rule.pixel_delta} grey levels, "
         f"unchanged when at most {100 * rule.changed_fraction:.1f} % of them changed, a whole frame at least every "
         f"{rule.max_reuse_ms / 1000:g} s). *Crossings* = line crossings + movements; *equal* = the same totals per line, "
-        f"direction, movement and class. Speed = wall time off / on (one run each, interleaved; noisy machine).",
+        f"direction, movement and class. *Error vs truth* = total / cell error of the labelled events against "
+        f"bench/accuracy/truth (offline/scoring.py, as `traffic eval`; lines and movements pooled). Speed = wall time "
+        f"off / on (one run each, interleaved; noisy machine).",
         "",
-        "| video | site | frames | crossings off | crossings on | equal | model calls saved | speed on/off |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "| video | site | frames | crossings off | crossings on | equal | error vs truth off | error vs truth on | model calls saved | speed on/off |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
         *rows,
         "",
         "The busy sample videos have no frame that passes as unchanged (cars or pedestrians move in every frame), so "
