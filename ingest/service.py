@@ -236,7 +236,7 @@ class CameraRunner(threading.Thread):
             reader_stop.set()
             # a reconnect must wait for the old capture to be released; a stop only needs the reader
             # to go (it releases the capture itself at its next frame, or at the read timeout)
-            reader.join(timeout=1.0 if self._stop_event.is_set() else settings.read_timeout_ms / 1000 + 1)
+            reader.join(timeout=0.5 if self._stop_event.is_set() else settings.read_timeout_ms / 1000 + 1)
             if last is not None and self.end_marker:  # whatever ended the session, say so in the stream (never blocks)
                 end = OutgoingFrame(camera, plan.intersection, session, last.capture_ms, last.width, last.height, b"", end=True)
                 self._publisher.submit(end, queue=self.queue)
