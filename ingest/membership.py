@@ -201,7 +201,6 @@ class CameraMembership(threading.Thread):
         self._stop_event = threading.Event()
         self._lease_lapsed = False
         self.error: Exception | None = None
-        self.rebalances = 0
 
     # -- what the service asks ---------------------------------------------------------------
     def may_publish(self) -> bool:
@@ -221,7 +220,6 @@ class CameraMembership(threading.Thread):
         with self._lock:
             self._assigned |= partitions
             cameras = {c for p in partitions for c in self.by_partition.get(p, ())}
-            self.rebalances += 1
             if cameras and self.lease.valid() and not self._stop_event.is_set():
                 new = cameras - self._holder.held()
                 self._holder.hold(new)
@@ -288,7 +286,6 @@ class CameraMembership(threading.Thread):
             max_poll_interval_ms=s.rebalance_timeout_ms,
             bootstrap_timeout_ms=s.bootstrap_timeout_ms,
         )
-        self._assignor = assignor
         watch_coordinator(consumer, self.lease)
         consumer.subscribe([s.assignment_topic], listener=_Listener(self))
         log.info("joining the ingest group", extra={"group": s.group_id, "ingester": self.ingester, "topic": s.assignment_topic})

@@ -334,6 +334,7 @@ class IngestService:
             # an open is not waited for: it publishes nothing and exits when the open returns
             while not all(r.quiet() for r in runners) and time.monotonic() < deadline:
                 time.sleep(0.01)
+            unacknowledged = []
             for runner in runners:
                 camera = runner.plan.camera
                 self.sessions[camera] = self.sessions.get(camera, 0) + runner.sessions
@@ -341,10 +342,14 @@ class IngestService:
                 self.publisher.close_camera(runner.queue)
                 if runner.is_alive():
                     self._retired.append(runner)
-                if flush and not acknowledged:
-                    log.warning("camera released before its last frames were acknowledged", extra={"camera": camera})
-            if not flush:
-                self.publisher.abort_unsent()  # fenced: frames still inside the producer must not land late
+                if flush and not acknowledged and runner.queue.unacked > 0:
+                    unacknowledged.append(camera)
+            if unacknowledged:
+                log.warning("cameras released before the broker acknowledged their last frames; unsent frames aborted",
+                            extra={"cameras": unacknowledged})  # fmt: skip
+            if not flush or unacknowledged:
+                # frames still inside the producer (or being retried) must not land after the next owner's
+                self.publisher.abort_unsent()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
