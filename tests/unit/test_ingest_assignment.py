@@ -202,3 +202,38 @@ def test_revoke_ends_the_lease_until_confirmed_again() -> None:
     assert not lease.valid()
     lease.confirmed(sent_at=100.0)
     assert lease.valid()
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        # heartbeats must fit three times into the session timeout
+        ({"session_timeout_ms": 6000, "heartbeat_interval_ms": 2500}, "third of session_timeout_ms"),
+        # the rebalance timeout (max_poll_interval) below the session timeout makes no sense
+        ({"session_timeout_ms": 20000, "rebalance_timeout_ms": 10000}, "rebalance_timeout_ms"),
+        # a margin eating the whole session: the lease would never be valid
+        ({"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "lease_margin_ms": 4500}, "lease_margin_ms"),
+        # a release that takes longer than the lease lasts
+        ({"session_timeout_ms": 6000, "heartbeat_interval_ms": 500, "lease_margin_ms": 1000, "release_timeout_ms": 5000},
+         "release_timeout_ms"),
+    ],
+)
+def test_group_timing_settings_are_checked(values: dict[str, int], problem: str) -> None:
+    from pydantic import ValidationError
+
+    from ingest.settings import IngestSettings
+
+    with pytest.raises(ValidationError, match=problem):
+        IngestSettings(**values)
+
+
+def test_test_timings_are_valid_settings() -> None:
+    """The short timings the integration tests use are accepted (and the defaults are)."""
+    from ingest.settings import IngestSettings
+
+    IngestSettings()
+    IngestSettings(session_timeout_ms=6000, heartbeat_interval_ms=500, rebalance_timeout_ms=15000,
+                   lease_margin_ms=1500, release_timeout_ms=2000)  # fmt: skip
