@@ -29,11 +29,18 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer  # the type; built by traffic.clients
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
-from kafka.errors import KafkaError, RebalanceInProgressError, TopicAlreadyExistsError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 from kafka.structs import TopicPartition
 
@@ -42,14 +49,15 @@ from ingest.backoff import Backoff
 from ingest.lease import Lease
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
+from traffic import clients
 from traffic.errors import BrokerUnavailable, ConfigError
 from traffic.health import Health
-from traffic.settings import KafkaSettings, TopicSettings
-from traffic.topics import admin_client
+from traffic.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 POLL_MS = 200  # the membership loop's poll: also how often the lease is checked
+AuthorizationFailedError = (GroupAuthorizationFailedError, TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
 
 
 class CameraHolder(Protocol):
@@ -178,7 +186,6 @@ class CameraMembership(threading.Thread):
         self,
         settings: IngestSettings,
         kafka: KafkaSettings,
-        topics: TopicSettings,
         cameras: Iterable[str],
         holder: CameraHolder,
         metrics: IngestMetrics,
@@ -187,7 +194,6 @@ class CameraMembership(threading.Thread):
         super().__init__(name="membership", daemon=True)
         self._settings = settings
         self._kafka = kafka
-        self._topics = topics
         self._holder = holder
         self._metrics = metrics
         self._health = health
@@ -246,14 +252,20 @@ class CameraMembership(threading.Thread):
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        except ConfigError as exc:
+            self.error = exc
+            log.error("camera assignment cannot go on", extra={"error": str(exc)})
+            self._fence_all("lost")
+
+    def _run(self) -> None:
         backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
         while not self._stop_event.is_set():
             try:
                 consumer = self._connect()
-            except ConfigError as exc:
-                self.error = exc
-                log.error("camera assignment cannot start", extra={"error": str(exc)})
-                return
+            except AuthorizationFailedError as exc:
+                raise self._refused(exc) from None
             except (KafkaError, OSError, BrokerUnavailable) as exc:
                 self._health.set("assignment", False, f"group coordinator unreachable: {exc.__class__.__name__}")
                 log.warning("cannot join the ingest group; retrying", extra={"group": self._settings.group_id, "error": str(exc)})
@@ -262,6 +274,8 @@ class CameraMembership(threading.Thread):
             backoff.reset()
             try:
                 self._serve(consumer)
+            except AuthorizationFailedError as exc:
+                raise self._refused(exc) from None
             except KafkaError as exc:  # the consumer is unusable: fence, start over as a new member
                 log.warning("ingest group membership failed; rejoining", extra={"error": str(exc)})
                 self._fence_all("lost")
@@ -269,13 +283,20 @@ class CameraMembership(threading.Thread):
             finally:
                 self._leave(consumer)
 
+    def _refused(self, exc: KafkaError) -> ConfigError:
+        s = self._settings
+        return ConfigError(
+            f"Kafka refused the ingest group ({exc.__class__.__name__}): the principal needs Read and Describe on the group "
+            f"{s.group_id!r}, and Create, Describe and Read on the topic {s.assignment_topic!r} (docs/security.md)"
+        )
+
     def _connect(self) -> KafkaConsumer:
         """Check the assignment topic (create it if missing) and join the group (as a new member)."""
         self._ensure_topic()
         s = self._settings
         assignor = CameraAssignor(s.assignment_topic, {p: len(c) for p, c in self.by_partition.items()}, self.ingester)
-        consumer = KafkaConsumer(
-            **self._kafka.kafka_python(),
+        consumer = clients.consumer(
+            self._kafka,
             client_id=f"traffic-ingest-{self.ingester}",
             group_id=s.group_id,
             enable_auto_commit=False,
@@ -293,11 +314,12 @@ class CameraMembership(threading.Thread):
 
     def _ensure_topic(self) -> None:
         s = self._settings
-        admin = admin_client(self._kafka)
+        admin = clients.admin(self._kafka, client_id=f"traffic-ingest-{self.ingester}")
         try:
             if s.assignment_topic not in set(admin.list_topics()):
                 try:
-                    admin.create_topics([NewTopic(s.assignment_topic, s.assignment_partitions, self._topics.replication_factor,
+                    # replication factor -1: the broker's default.replication.factor (3 on the Strimzi cluster)
+                    admin.create_topics([NewTopic(s.assignment_topic, s.assignment_partitions, -1,
                                                   topic_configs={"retention.ms": str(3600 * 1000)})])  # fmt: skip
                     log.info("assignment topic created", extra={"topic": s.assignment_topic, "partitions": s.assignment_partitions})
                 except TopicAlreadyExistsError:

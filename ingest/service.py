@@ -296,7 +296,7 @@ class IngestService:
         if self.group:
             from ingest.membership import CameraMembership
 
-            self.membership = CameraMembership(settings, kafka, topics, self._plans, self, self.metrics, self.health)
+            self.membership = CameraMembership(settings, kafka, self._plans, self, self.metrics, self.health)
         permit = self.membership.may_publish if self.membership is not None else (lambda: True)
         self.publisher = FramePublisher(kafka, topics.frames, settings, self.metrics, self.health, permit=permit)
         for plan in self.plans:

@@ -249,3 +249,54 @@ def test_replicas_share_cameras_and_never_read_one_twice(
     assert not any(before_kill[c] in markers for c in moved), "a killed replica cannot have sent end markers"
     print(f"\ntake-over after kill -9: {takeover_s:.1f} s (bound {TAKEOVER_BOUND_S:.0f} s); frozen replica's cameras moved "
           f"{len(frozen_cameras)}, late frames {len(late)}; frozen for {thawed_at - frozen_at:.1f} s")
+
+
+def test_group_mode_works_with_the_ingest_principals_acls(sasl_broker, tmp_path: Path, shared: Path) -> None:  # noqa: ANN001
+    """On a SASL_SSL broker with the KafkaUser ACLs (deploy/k8s/components/strimzi/kafkauser.yaml), the
+    ingest principal alone creates the assignment topic, joins its group and publishes its cameras; in
+    a group its ACLs do not cover, it stops with a configuration error that says what is missing."""
+    import uuid
+
+    from devkit.acls import provision
+    from ingest.service import IngestService
+    from ingest.settings import IngestSettings
+    from traffic import clients
+    from traffic.topics import create_topics
+
+    prefix = f"g{uuid.uuid4().hex[:8]}"
+    topics = TopicSettings(frames=f"{prefix}.frames", frames_partitions=1)
+    admin = sasl_broker.admin_settings()
+    create_topics(admin, topics)
+    principals = provision(admin, {"traffic.frames": topics.frames, "traffic-ingest": f"{prefix}-ingest",
+                                   "traffic.ingest-assignment": f"{prefix}.ingest-assignment"}, roles=("ingest",))  # fmt: skip
+    site_file = tmp_path / "site.yaml"
+    video = str(shared / "videos" / "intersection.mp4")
+    site_file.write_text(yaml.safe_dump({"intersections": [{"id": "it", "cameras": [
+        {"id": "cam-1", "source": video, "fps": 5}, {"id": "cam-2", "source": video, "fps": 5}]}]}))  # fmt: skip
+    settings = IngestSettings(
+        site_config=str(site_file), metrics_port=0, loop=True, assignment="group", group_id=f"{prefix}-ingest",
+        assignment_topic=f"{prefix}.ingest-assignment", assignment_partitions=8, session_timeout_ms=6000,
+        heartbeat_interval_ms=500, rebalance_timeout_ms=15000, lease_margin_ms=1500, release_timeout_ms=2000, name="acl-test",
+    )  # fmt: skip
+    service = IngestService(settings, principals["ingest"], topics)
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    registry = service.metrics.registry
+    try:
+        _wait_for(lambda: all((registry.get_sample_value("traffic_ingest_frames_published_total", {"camera": c}) or 0) >= 3
+                              for c in ("cam-1", "cam-2")), 90, "frames of both cameras")  # fmt: skip
+        assert registry.get_sample_value("traffic_ingest_cameras_held", {"ingester": "acl-test"}) == 2
+        described = clients.admin(admin).describe_topics([settings.assignment_topic])
+        assert len(described[0]["partitions"]) == 8  # created by the ingest principal
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+    from traffic.errors import ConfigError
+
+    other = settings.model_copy(update={"group_id": f"{prefix}-not-allowed", "metrics_port": 0})
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=f"{prefix}-not-allowed"):
+        IngestService(other, principals["ingest"], topics).run()
+    assert time.monotonic() - started < 60
