@@ -129,7 +129,7 @@ class IngestGroup:
                         pass
         codes: dict[str, int | None] = {}
         for name, replica in self.replicas.items():
-            replica.child.terminate(timeout_s)
+            replica.child.wait(timeout_s)
             codes[name] = replica.child.proc.returncode
         return codes
 

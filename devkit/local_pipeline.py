@@ -55,6 +55,19 @@ class Child:
             pass
         self.proc.wait(timeout=10)
 
+    def wait(self, timeout_s: float = 30.0) -> None:
+        """Wait for the process to end by itself (SIGKILL it after ``timeout_s``); idempotent.
+
+        Why not :meth:`terminate` after a SIGTERM already sent: a second SIGTERM can arrive after
+        Python restored the default handler at exit and kill a process that was ending cleanly.
+        """
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        if not self._log.closed:
+            self._log.close()
+
     def terminate(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the group, SIGKILL it after ``timeout_s``; idempotent."""
         if self.proc.poll() is None:

@@ -19,6 +19,8 @@ How (the way Kafka Connect shares out its tasks, with no infrastructure beyond t
 
 kafka-python does not report heartbeat results; :func:`watch_coordinator` wraps two methods of
 its coordinator (pinned kafka-python 3.0) to feed the lease, and checks at start that they exist.
+Releases run in their own thread while the rebalance callback waits for them on kafka-python's IO
+loop without blocking it (:func:`off_the_loop`), so heartbeats go on during a long release.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer  # the type; built by traffic.clients
 from kafka.admin import NewTopic
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
 from kafka.errors import (
     ClusterAuthorizationFailedError,
@@ -43,6 +45,11 @@ from kafka.errors import (
 )
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 from kafka.structs import TopicPartition
+
+try:  # the awaitable kafka-python's own sleep() returns (kafka-python 3.0's IO loop is not asyncio)
+    from kafka.net.selector import KernelEvent, NetworkSelector
+except ImportError:  # pragma: no cover - another kafka-python: watch_coordinator refuses to start
+    KernelEvent = NetworkSelector = None  # type: ignore[assignment,misc]
 
 from ingest.assignment import cameras_by_partition, plan_round
 from ingest.backoff import Backoff
@@ -137,7 +144,8 @@ def watch_coordinator(consumer: KafkaConsumer, lease: Lease) -> None:
     """
     coordinator = getattr(consumer, "_coordinator", None)
     names = ("_handle_heartbeat_response", "_process_sync_group_response")
-    if coordinator is None or not all(callable(getattr(coordinator, n, None)) for n in names):
+    if (coordinator is None or not all(callable(getattr(coordinator, n, None)) for n in names)
+            or KernelEvent is None or not hasattr(NetworkSelector, "_sleep")):  # fmt: skip
         raise RuntimeError("this kafka-python version does not expose the group coordinator hooks ingest needs (pin 3.0)")
     on_heartbeat_response = coordinator._handle_heartbeat_response  # noqa: SLF001
     on_sync_response = coordinator._process_sync_group_response  # noqa: SLF001
@@ -158,20 +166,44 @@ def watch_coordinator(consumer: KafkaConsumer, lease: Lease) -> None:
     coordinator._process_sync_group_response = sync  # noqa: SLF001
 
 
-class _Listener(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread, inside the rebalance: releases must finish before it returns."""
+async def off_the_loop(fn: Any, *args: Any) -> None:
+    """Run the blocking ``fn(*args)`` in a thread; wait for it on kafka-python's IO loop without blocking it.
+
+    Why: a rebalance callback runs on the loop that also sends the heartbeats; a release waits for
+    the broker's acknowledgements, which may take seconds when the broker is busy.
+    """
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the callback
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="release", daemon=True).start()
+    while not done.is_set():
+        await KernelEvent("_sleep", 0.02)
+    if failure:
+        raise failure[0]
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs inside the rebalance, on kafka-python's IO loop: a revoke returns only once the release is done."""
 
     def __init__(self, membership: "CameraMembership") -> None:
         self._membership = membership
 
-    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._membership.partitions_revoked({tp.partition for tp in revoked}, lost=False)
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await off_the_loop(self._membership.partitions_revoked, {tp.partition for tp in revoked}, False)
 
-    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
-        self._membership.partitions_revoked({tp.partition for tp in lost}, lost=True)
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        await off_the_loop(self._membership.partitions_revoked, {tp.partition for tp in lost}, True)
 
-    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._membership.partitions_assigned({tp.partition for tp in assigned})
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._membership.partitions_assigned({tp.partition for tp in assigned})  # starts threads: quick
 
 
 class CameraMembership(threading.Thread):

@@ -331,8 +331,9 @@ class IngestService:
             for runner in runners:
                 runner.stop(end_marker=flush)
             # a streaming runner ends its session within a frame (end marker queued); one blocked in
-            # an open is not waited for: it publishes nothing and exits when the open returns
-            while not all(r.quiet() for r in runners) and time.monotonic() < deadline:
+            # an open is not waited for: it publishes nothing and exits when the open returns. Fenced
+            # (no flush): nothing is waited for, closing the queues is what stops the frames.
+            while flush and not all(r.quiet() for r in runners) and time.monotonic() < deadline:
                 time.sleep(0.01)
             unacknowledged = []
             for runner in runners:
@@ -345,10 +346,13 @@ class IngestService:
                 if flush and not acknowledged and runner.queue.unacked > 0:
                     unacknowledged.append(camera)
             if unacknowledged:
-                log.warning("cameras released before the broker acknowledged their last frames; unsent frames aborted",
-                            extra={"cameras": unacknowledged})  # fmt: skip
-            if not flush or unacknowledged:
-                # frames still inside the producer (or being retried) must not land after the next owner's
+                # A slow broker: the frames already handed over are still on their way (aborting them would
+                # break every other camera's session too); if they land after the next owner's first frame,
+                # the aggregator drops them as frames of an ended session.
+                log.warning("cameras released before the broker acknowledged their last frames", extra={"cameras": unacknowledged})
+            if not flush:
+                # fenced (lease ended, membership lost): this replica may be cut off, and retries of frames
+                # inside the producer could land long after the next owner's; throw them away
                 self.publisher.abort_unsent()
 
     # -- lifecycle ------------------------------------------------------------------------------

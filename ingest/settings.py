@@ -75,8 +75,9 @@ class IngestSettings(BaseSettings):
         "confirm its membership (ms)",
     )  # fmt: skip
     release_timeout_ms: int = Field(
-        default=3_000, ge=100,
-        description="a camera moving away: time to stop it and get its last frames and end-of-session marker acknowledged (ms)",
+        default=10_000, ge=100,
+        description="a camera moving away: time to stop it and get its last frames and end-of-session marker acknowledged "
+        "(ms); heartbeats go on meanwhile",
     )  # fmt: skip
     name: str = Field(default="", description="this replica's name in metrics (label ingester) and logs; empty = the host name (the pod name on Kubernetes)")
 
@@ -96,8 +97,8 @@ class IngestSettings(BaseSettings):
             raise ValueError("rebalance_timeout_ms must be >= session_timeout_ms")
         if self.lease_margin_ms + 2 * self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("lease_margin_ms + 2 * heartbeat_interval_ms must be below session_timeout_ms (the lease would never last)")
-        if self.release_timeout_ms + self.heartbeat_interval_ms >= self.session_timeout_ms - self.lease_margin_ms:
-            raise ValueError("release_timeout_ms must leave room for heartbeats within the lease (session_timeout_ms - lease_margin_ms)")
+        if self.release_timeout_ms + self.lease_margin_ms >= self.rebalance_timeout_ms:
+            raise ValueError("release_timeout_ms + lease_margin_ms must be below rebalance_timeout_ms (a release must end within a rebalance)")
         return self
 
     def ingester_name(self) -> str:

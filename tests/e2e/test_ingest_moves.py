@@ -75,7 +75,7 @@ def test_moved_cameras_keep_each_sessions_counts(kafka_bootstrap: str, shared: P
         model=str(shared / "models" / "yolo11n_int8_openvino_model"), out_dir=tmp_path / "run", workers=1, realtime=True,
         ingesters=2, sources=dict(zip(CAMERAS, server.urls)),
         ingest_env={"TRAFFIC_INGEST_SESSION_TIMEOUT_MS": "6000", "TRAFFIC_INGEST_HEARTBEAT_INTERVAL_MS": "500",
-                    "TRAFFIC_INGEST_LEASE_MARGIN_MS": "1500", "TRAFFIC_INGEST_RELEASE_TIMEOUT_MS": "2000"},
+                    "TRAFFIC_INGEST_LEASE_MARGIN_MS": "1500"},
     )  # fmt: skip
     pipeline = LocalPipeline(cfg)
     cameras = set(CAMERAS)

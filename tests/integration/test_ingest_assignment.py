@@ -42,7 +42,7 @@ GROUP = {
     "TRAFFIC_INGEST_HEARTBEAT_INTERVAL_MS": str(int(HEARTBEAT_S * 1000)),
     "TRAFFIC_INGEST_REBALANCE_TIMEOUT_MS": "15000",
     "TRAFFIC_INGEST_LEASE_MARGIN_MS": "1500",
-    "TRAFFIC_INGEST_RELEASE_TIMEOUT_MS": "2000",
+    "TRAFFIC_INGEST_RELEASE_TIMEOUT_MS": "10000",  # the default: a loaded broker can take seconds to acknowledge
     "TRAFFIC_INGEST_ASSIGNMENT_PARTITIONS": "48",
 }
 
@@ -197,7 +197,8 @@ def test_replicas_share_cameras_and_never_read_one_twice(
         thawed_at, thawed_wall_ms = time.monotonic(), time.time() * 1000
         group.wait(exactly_once(cameras, replicas=3), timeout_s=60)
         time.sleep(3)
-        lease_expired = group.replicas[frozen].sample("traffic_ingest_assignment_changes_total", change="lease_expired")
+        stopped_itself = sum(group.replicas[frozen].sample("traffic_ingest_assignment_changes_total", change=c)
+                             for c in ("lease_expired", "lost"))  # fmt: skip
         held = group.wait(exactly_once(cameras, replicas=3), timeout_s=10)
     finally:
         codes = group.stop()
@@ -206,7 +207,9 @@ def test_replicas_share_cameras_and_never_read_one_twice(
         server.stop()
 
     assert all(code == 0 for name, code in codes.items() if name != victim), codes
-    assert lease_expired >= len(frozen_cameras), "the frozen replica did not stop its cameras on its own"
+    # thawed, it stops them because its lease ran out (or, if the coordinator's answer comes first,
+    # because it learns it lost them); either way without end markers, and it publishes nothing more
+    assert stopped_itself >= len(frozen_cameras), "the frozen replica did not stop its cameras"
 
     # -- the frames topic: per camera, sessions follow each other, never interleaved ----------------
     records = tap.snapshot()
