@@ -134,6 +134,11 @@ class CameraCounter:
         """The next seq expected in the current session."""
         return self._expected
 
+    @property
+    def buffered(self) -> int:
+        """Events held in the reorder buffer, waiting for a missing seq."""
+        return len(self._buffer)
+
     def snapshot(self) -> bytes:
         """The counting state (position, reorder buffer, tracker, tracks) as bytes, without the configuration.
 

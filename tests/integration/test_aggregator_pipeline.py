@@ -26,12 +26,14 @@ from kafka.errors import KafkaError
 
 from aggregator.counting import CameraCounter
 from tests.synthetic import CAMERA, SITE, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
-from aggregator.windows import CountKey, tally
+from aggregator.windows import CountKey, final_counts
 from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import CrossingEvent, DetectionEvent
 
 REPO = Path(__file__).resolve().parents[2]
+ARCHIVE_AGE_S = 20 * 365 * 86400
+"""Capture-time age the tests allow: they replay recorded (synthetic) streams of 2026-01-01."""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def expected(stream: SyntheticStream) -> dict[CountKey, int]:
     """Per-interval counts of the plain CameraCounter loop (checked against the ground truth in unit tests)."""
     counter = CameraCounter(synthetic_site(), CAMERA)
     crossings = [c for e in stream.events for c in counter.update(e)] + counter.finish()
-    return tally(crossings, list(synthetic_site().counting.intervals_s))
+    return final_counts(crossings, synthetic_site().counting.intervals_s)
 
 
 def ground_truth_totals(stream: SyntheticStream) -> Counter[tuple[str, str, str, str]]:
@@ -74,6 +76,7 @@ class Aggregator:
             "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": str(idle_close_s),
             "TRAFFIC_AGGREGATOR_PROVISIONAL_INTERVAL_S": "1",
             "TRAFFIC_AGGREGATOR_COMMIT_INTERVAL_S": "0.5",
+            "TRAFFIC_AGGREGATOR_CAPTURE_MAX_AGE_S": str(ARCHIVE_AGE_S),  # the synthetic streams are of 2026-01-01
             **{f"TRAFFIC_TOPICS_{k.upper()}": str(v) for k, v in topics.model_dump().items()},
         }
         self.log = tmp / "aggregator.log"
