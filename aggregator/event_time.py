@@ -4,7 +4,7 @@ A camera's progress is the smallest capture time among its last ``quorum`` accep
 never decreasing, so one frame stamped minutes ahead (within the clock window) does not move it::
 
     capture times (s):   10.0 10.1 10.2 [250.0] 10.4 10.5 10.6
-    progress, quorum 3:   -    -   10.0  10.1   10.2 10.4 10.5       (250.0 is never the minimum)
+    progress, quorum 3:   -    -   10.0  10.1   10.2 10.4 10.4       (250.0 is never the minimum)
 
 An intersection's watermark is the slowest of its cameras that are still live (stream not ended,
 heard from within the idle time): a camera that jumps ahead cannot close its neighbours'

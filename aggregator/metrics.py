@@ -63,3 +63,8 @@ class AggregatorMetrics:
             self.events.labels(camera)
             self.duplicates.labels(camera)
             self.active_tracks.labels(camera).set(0)
+            self.state_restore_failed.labels(camera)
+            for reason in ("capture_time_future", "capture_time_stale"):
+                self.capture_time_refused.labels(camera, reason)
+            for limit in ("tracks", "bytes"):
+                self.state_shed.labels(camera, limit)
