@@ -19,6 +19,7 @@ intersection idle for ``idle_close_s``.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -85,6 +86,10 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
         extra={"app_id": settings.app_id, "detections": topics.detections, "partitions": partitions, "cameras": sorted(ctx.topology.cameras),
                "group_instance_id": settings.group_instance_id or None},
     )  # fmt: skip
+    # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
+    # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
+    # many short-lived arrays trigger, no longer walk them.
+    gc.freeze()
     try:
         worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)
         worker.execute_from_commandline()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import ultralytics.trackers.byte_tracker  # noqa: F401 - imported now, not by the first event (torch takes seconds)
 from kafka.partitioner.default import murmur2
 
 from aggregator import checkpoint
@@ -55,6 +56,9 @@ class _Camera:
     progress: CameraProgress
     partition: int
     last_wall: float
+    events: Any = None  # this camera's metric children (a label lookup per event costs more than the increment)
+    duplicates: Any = None
+    tracks: Any = None
     watermark_sent: int | None = None
     stream_sent: bool | None = None
     idle_finished: bool = False
@@ -142,7 +146,7 @@ class CameraStage:
             raise
         cam = self.camera(event.camera)
         cam.last_wall, cam.idle_finished = time.monotonic(), False
-        self.metrics.events.labels(event.camera).inc()
+        cam.events.inc()
         counter = cam.counter
         held = Held(event, value if len(value) <= HELD_RAW_MAX_BYTES else event.encode(), message.key, _headers(message), (message.topic, message.partition, message.offset))
         gated = cam.gate.offer(held, counter.session, counter.next_seq, counter.stream_ended)
@@ -156,13 +160,13 @@ class CameraStage:
         if counter.active_tracks > self.settings.max_tracks:
             crossings += self._shed(event.camera, cam, "tracks")
         if counter.duplicates > duplicates:
-            self.metrics.duplicates.labels(event.camera).inc(counter.duplicates - duplicates)
+            cam.duplicates.inc(counter.duplicates - duplicates)
         pure_duplicate = bool(gated.feed) and not gated.refused and counter.duplicates - duplicates == len(gated.feed)
         if not pure_duplicate or cam.gate.waiting or crossings:
             self.dirty.add(event.camera)  # a pure duplicate changes nothing worth a checkpoint
         await self._publish(crossings)
         await self._report(event.camera, cam)
-        self.metrics.active_tracks.labels(event.camera).set(counter.active_tracks)
+        cam.tracks.set(counter.active_tracks)
 
     async def on_control(self, message: Any) -> None:
         """A finish wake-up from the housekeeping timer: end the tracks of a camera still idle at that position."""
@@ -212,7 +216,11 @@ class CameraStage:
         if counter is None or gate is None:
             counter = CameraCounter(self.topo.site, camera, s.reorder_limit)
             gate = SessionGate(confirm_events=s.session_confirm_events)
-        cam = self.cameras[camera] = _Camera(counter, gate, CameraProgress(s.watermark_quorum), self.partition_of(camera), time.monotonic())
+        m = self.metrics
+        cam = self.cameras[camera] = _Camera(
+            counter, gate, CameraProgress(s.watermark_quorum), self.partition_of(camera), time.monotonic(),
+            m.events.labels(camera), m.duplicates.labels(camera), m.active_tracks.labels(camera),
+        )  # fmt: skip
         return cam
 
     def checkpoint(self) -> int:

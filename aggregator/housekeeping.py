@@ -35,6 +35,7 @@ class Housekeeping:
     def __init__(self, topo: Topology, cameras: CameraStage, intersections: IntersectionStage, metrics: AggregatorMetrics, health: Health) -> None:
         self.topo, self.cameras, self.intersections, self.metrics, self.health = topo, cameras, intersections, metrics, health
         self.last_provisional = time.monotonic()
+        self._recovering = True
 
     def register(self) -> None:
         """Attach the timer to the app."""
@@ -47,7 +48,11 @@ class Housekeeping:
         app, settings = self.topo.app, self.topo.settings
         self.health.beat()
         if app.rebalancing or app.in_recovery:
+            self._recovering = True
             return  # tables may be half-recovered: decide nothing from them now
+        if self._recovering:  # the tables changed under the stores while recovering
+            self._recovering = False
+            self.intersections.store.reindex()
         self.health.set("kafka", True)
         now = time.monotonic()
         self.cameras.load_assigned()

@@ -52,7 +52,11 @@ class IntersectionStage:
         self.last_purge: dict[str, float] = {}
 
     def register(self) -> None:
-        """Attach the agent to the app."""
+        """Attach the agent and the rebalance hook to the app."""
+
+        @self.topo.app.on_partitions_assigned.connect
+        async def reindex(*args: Any, **kwargs: Any) -> None:
+            self.store.reindex()  # other partitions: other intersections in the tables
 
         @self.topo.app.agent(self.topo.by_intersection, name=f"{self.settings.app_id}.intersection-stage")
         async def intersection_stage(stream: Any) -> None:
@@ -155,16 +159,12 @@ class IntersectionStage:
     def due_intersections(self, now: float) -> list[str]:
         """Intersections with open intervals that are due (watermark or idle), not asked for within CLOSE_RETRY_S."""
         out = []
-        by_intersection: dict[str, list[CountKey]] = {}
-        for key in self.store.open_keys():
-            by_intersection.setdefault(key.intersection, []).append(key)
-        for intersection, keys in by_intersection.items():
+        grace_ms = int(round(self.store.grace_s * 1000))
+        for intersection in self.store.open_intersections():
             if now - self.close_requested.get(intersection, -1e18) < CLOSE_RETRY_S:
                 continue
             wm = self.watermark(intersection, now)
-            closed = wm is not None and any(
-                wm >= k.interval_end_ms + int(round(self.store.grace_s * 1000)) for k in keys
-            )
+            closed = wm is not None and any(wm >= k.interval_end_ms + grace_ms for k in self.store.open_keys(intersection))
             if closed or self.idle(intersection, now):
                 self.close_requested[intersection] = now
                 out.append(intersection)

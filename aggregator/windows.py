@@ -27,8 +27,9 @@ tables) and the offline count (dicts) apply the very same rules. Its lifecycle o
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Iterator, MutableMapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from typing import Literal
 
 from traffic.wire import CountRecord, CrossingEvent
@@ -170,8 +171,10 @@ class WindowStore:
         seen: crossing ``event_id`` -> :class:`Seen` (de-duplication of replays).
         watermarks: intersection id -> its event-time watermark (epoch ms), never decreasing.
 
-    ``dirty`` (keys changed since the last :meth:`provisional`) lives in memory only: after a
-    restart, provisional records resume with the next change.
+    ``dirty`` (keys changed since the last :meth:`provisional`) and an index of the open keys per
+    intersection live in memory only: after a restart, provisional records resume with the next
+    change, and the index is rebuilt from ``cells`` (call :meth:`reindex` when the mappings change
+    under the store, e.g. after a rebalance).
     """
 
     intervals_s: tuple[int, ...]
@@ -180,6 +183,20 @@ class WindowStore:
     seen: MutableMapping[str, Seen] = field(default_factory=dict)
     watermarks: MutableMapping[str, int] = field(default_factory=dict)
     dirty: set[CountKey] = field(default_factory=set)
+    _open: dict[str, set[CountKey]] | None = field(default=None, repr=False)
+
+    def reindex(self) -> None:
+        """Forget the in-memory index of open keys; it is rebuilt from ``cells`` when next needed."""
+        self._open = None
+        self.dirty = {k for k in self.dirty if k in self.cells}
+
+    def _index(self) -> dict[str, set[CountKey]]:
+        if self._open is None:
+            self._open = {}
+            for key, cell in self.cells.items():
+                if not cell.final:
+                    self._open.setdefault(key.intersection, set()).add(key)
+        return self._open
 
     @property
     def horizon_ms(self) -> int:
@@ -212,17 +229,21 @@ class WindowStore:
                 continue
             self.cells[key] = Cell((cell.count if cell else 0) + 1)
             self.dirty.add(key)
+            self._index().setdefault(key.intersection, set()).add(key)
             counted.append(key)
         if counted:
             self.seen[crossing.event_id] = Seen(crossing.intersection, crossing.time_ms)
         return Added(tuple(counted), tuple(late))
 
     def open_keys(self, intersection: str | None = None) -> list[CountKey]:
-        """Keys of the open (not final) intervals, of one intersection or all."""
-        return sorted(
-            (k for k, cell in self.cells.items() if not cell.final and (intersection is None or k.intersection == intersection)),
-            key=_order,
-        )
+        """Keys of the open (not final) intervals, of one intersection or all, in key order."""
+        index = self._index()
+        keys = index.get(intersection, ()) if intersection is not None else (k for ks in index.values() for k in ks)
+        return sorted(keys, key=_order)
+
+    def open_intersections(self) -> list[str]:
+        """Intersections that have open intervals."""
+        return [i for i, keys in self._index().items() if keys]
 
     def due(self, intersection: str) -> list[CountKey]:
         """Open keys of the intersection whose interval the watermark has closed (end + grace passed)."""
@@ -247,9 +268,11 @@ class WindowStore:
     def close(self, keys: Iterable[CountKey]) -> list[tuple[CountKey, int]]:
         """Make these intervals final; returns (key, count) of those that were open (publish them once)."""
         out = self.closable(keys)
+        index = self._index()
         for key, count in out:
             self.cells[key] = Cell(count, final=True)
             self.dirty.discard(key)
+            index.get(key.intersection, set()).discard(key)
         return out
 
     def provisional(self) -> list[tuple[CountKey, int]]:
@@ -284,8 +307,8 @@ class WindowStore:
         return iter(self.cells)
 
 
-def _order(key: CountKey) -> tuple[object, ...]:
-    return astuple(key)
+_order = operator.attrgetter(*(f.name for f in fields(CountKey)))
+"""Sort key of CountKey: its fields in order (C speed; ``astuple`` deep-copies)."""
 
 
 def final_counts(crossings: Iterable[CrossingEvent], intervals_s: Iterable[int], grace_s: float = 0.0) -> dict[CountKey, int]:

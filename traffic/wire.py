@@ -82,6 +82,8 @@ class FrameHeaders:
             if name == END_OF_SESSION_HEADER:
                 end = value in (b"1", "1")
             elif name in FRAME_HEADER_NAMES:
+                if name in found:  # two values for one header: which one is true is anyone's guess
+                    raise ContractError(f"frame header {name!r} appears more than once", "bad_header")
                 try:
                     found[name] = value.decode() if isinstance(value, bytes | bytearray) else str(value)
                 except UnicodeDecodeError as exc:

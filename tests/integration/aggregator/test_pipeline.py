@@ -7,33 +7,18 @@ give exactly the ground truth, and exactly what the plain CameraCounter loop giv
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError
 
 from aggregator.counting import CameraCounter
-from tests.synthetic import CAMERA, SITE, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
 from aggregator.windows import CountKey, final_counts
-from devkit.broker import free_port
-from traffic.settings import KafkaSettings, TopicSettings
-from traffic.wire import CrossingEvent, DetectionEvent
-
-REPO = Path(__file__).resolve().parents[2]
-ARCHIVE_AGE_S = 20 * 365 * 86400
-"""Capture-time age the tests allow: they replay recorded (synthetic) streams of 2026-01-01."""
+from tests.integration.aggregator.harness import Aggregator, Output, committed, send, totals
+from tests.synthetic import CAMERA, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
+from traffic.settings import TopicSettings
 
 
 @pytest.fixture(scope="module")
@@ -58,59 +43,6 @@ def ground_truth_totals(stream: SyntheticStream) -> Counter[tuple[str, str, str,
     return totals
 
 
-class Aggregator:
-    """`python -m traffic.cli aggregate` in a subprocess with the test's topics and a unique app id."""
-
-    def __init__(self, tmp: Path, bootstrap: str, topics: TopicSettings, idle_close_s: float) -> None:
-        site_file = tmp / "site.yaml"
-        site_file.write_text(yaml.safe_dump(SITE))
-        self.app_id = f"agg-{topics.detections.split('.')[0]}"
-        self.metrics_port = free_port()
-        self.env = {
-            **os.environ,
-            "TRAFFIC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "TRAFFIC_AGGREGATOR_SITE_CONFIG": str(site_file),
-            "TRAFFIC_AGGREGATOR_APP_ID": self.app_id,
-            "TRAFFIC_AGGREGATOR_DATA_DIR": str(tmp / "faust"),
-            "TRAFFIC_AGGREGATOR_METRICS_PORT": str(self.metrics_port),
-            "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": str(idle_close_s),
-            "TRAFFIC_AGGREGATOR_PROVISIONAL_INTERVAL_S": "1",
-            "TRAFFIC_AGGREGATOR_COMMIT_INTERVAL_S": "0.5",
-            "TRAFFIC_AGGREGATOR_CAPTURE_MAX_AGE_S": str(ARCHIVE_AGE_S),  # the synthetic streams are of 2026-01-01
-            **{f"TRAFFIC_TOPICS_{k.upper()}": str(v) for k, v in topics.model_dump().items()},
-        }
-        self.log = tmp / "aggregator.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Aggregator":
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "traffic.cli", "aggregate"], env=self.env, stderr=err, cwd=REPO)
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture
 def aggregator(tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings) -> Iterator[Aggregator]:
     agg = Aggregator(tmp_path, kafka_bootstrap, topic_settings, idle_close_s=4)
@@ -118,84 +50,6 @@ def aggregator(tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettin
         yield agg
     finally:
         agg.kill()
-
-
-def send(bootstrap: str, topic: str, events: list[DetectionEvent], extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for e in events:
-        producer.send(topic, key=e.camera.encode(), value=e.encode())
-    for key, value in extra:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-
-
-class Output:
-    """Everything the aggregator published, read incrementally."""
-
-    def __init__(self, bootstrap: str, topics: TopicSettings) -> None:
-        self.topics = topics
-        self.consumer = KafkaConsumer(
-            topics.counts, topics.crossings, topics.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500
-        )
-        self.records: list[dict] = []
-        self.crossings: list[CrossingEvent] = []
-        self.dlq: list[tuple[bytes | None, dict[str, bytes]]] = []
-
-    def poll(self) -> None:
-        for m in self.consumer:
-            if m.topic == self.topics.counts:
-                self.records.append(json.loads(m.value))
-            elif m.topic == self.topics.crossings:
-                self.crossings.append(CrossingEvent.decode(m.value))
-            else:
-                self.dlq.append((m.value, dict(m.headers)))
-
-    def finals(self) -> dict[CountKey, int]:
-        out: dict[CountKey, int] = {}
-        for r in self.records:
-            if r["final"]:
-                key = CountKey(r["intersection"], r["interval_s"], r["interval_start_ms"], r["series"], r["approach"], r["movement"], r["direction"], r["vehicle_class"])
-                out[key] = r["count"]
-        return out
-
-    def wait_finals(self, total: int, agg: Aggregator, timeout_s: float = 120) -> dict[CountKey, int]:
-        """Until every configured interval length has final records summing to ``total``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.poll()
-            finals = self.finals()
-            sums = Counter()
-            for k, n in finals.items():
-                sums[k.interval_s] += n
-            if sums and all(sums[s] >= total for s in (900, 60)):
-                time.sleep(1.0)  # anything more (a double count) would arrive now
-                self.poll()
-                return self.finals()
-            assert agg.proc is None or agg.proc.poll() is None, f"aggregator exited:\n{agg.logs()}"
-        raise AssertionError(f"no complete final counts within {timeout_s} s; have {sums}; log:\n{agg.logs()}")
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def totals(finals: dict[CountKey, int], interval_s: int) -> Counter[tuple[str, str, str, str]]:
-    out: Counter[tuple[str, str, str, str]] = Counter()
-    for k, n in finals.items():
-        if k.interval_s == interval_s:
-            out[(k.series, k.approach, k.movement, k.vehicle_class)] += n
-    return +out
-
-
-def committed(bootstrap: str, group: str, topic: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    except KafkaError:  # the group (or the offsets topic of a fresh broker) does not exist yet
-        return 0
-    finally:
-        admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
 def test_counts_match_ground_truth_and_bad_input_goes_to_the_dlq(
@@ -266,3 +120,42 @@ def test_restart_mid_stream_gives_the_same_final_counts(
     finally:
         out.close()
         agg.kill()
+
+
+def test_a_wrong_clock_a_huge_event_and_a_dense_scene_change_nothing_and_state_stays_small(
+    aggregator: Aggregator, kafka_bootstrap: str, topic_settings: TopicSettings
+) -> None:
+    """Issue 11's first two problems, against the real app.
+
+    * One event of the camera with a capture time of 2**53 (a wrong clock) used to move the
+      intersection's watermark: every interval final, later crossings dropped as late.
+    * One event with 20,000 boxes used to make a 20 MB state snapshot the producer refused: the
+      app died, and died again on the same event after each restart.
+    * A dense scene (300 boxes, every one a live track) used to write a 300 KB snapshot per event.
+    """
+    dense = synthetic_stream(per_movement=1, crowd=294, session="dense")
+    expected = final_counts(
+        (lambda c: [x for e in dense.events for x in c.update(e)] + c.finish())(CameraCounter(synthetic_site(), CAMERA)),
+        synthetic_site().counting.intervals_s,
+    )
+    future = dense.events[60].model_copy(update={"seq": 61, "capture_ms": 2**53})  # seq 61 arrives first from the wrong clock
+    huge = dense.events[80].model_copy(update={"seq": 10_000, "detections": dense.events[80].detections * 67})  # 20,000 boxes
+    out = Output(kafka_bootstrap, topic_settings)
+    aggregator.start()
+    send(kafka_bootstrap, topic_settings.detections, dense.events[:61])
+    send(kafka_bootstrap, topic_settings.detections, [], extra=[(CAMERA.encode(), future.encode()), (CAMERA.encode(), huge.encode())])
+    send(kafka_bootstrap, topic_settings.detections, dense.events[61:])
+    try:
+        finals = out.wait_finals(sum(n for k, n in expected.items() if k.interval_s == 900), aggregator, timeout_s=300)
+        assert finals == expected
+        reasons = sorted(h["reason"] for _, h in out.dlq)
+        assert reasons == [b"capture_time_future", b"oversized"]
+        status, metrics = aggregator.get("/metrics")
+        assert f'traffic_aggregator_capture_time_refused_total{{camera="{CAMERA}",reason="capture_time_future"}} 1.0' in metrics
+        written = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("traffic_aggregator_checkpoint_bytes_total "))
+        per_event = written / len(dense.events)
+        # a snapshot of this scene is about 300 KB raw and 30 KB packed; once per commit interval, not per event
+        assert 0 < per_event < 20 * 1024, f"{per_event:.0f} bytes of checkpoint per event"
+    finally:
+        out.close()
+    assert aggregator.stop() == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.event_time import CameraProgress, intersection_watermark
@@ -23,6 +23,7 @@ def test_progress_never_goes_back_and_can_be_forced_at_the_end() -> None:
     assert p.force(9_000) == 9_000 and p.force(2_000) == 9_000
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 10**9), min_size=1, max_size=50), st.integers(1, 5), st.integers(0, 49))
 def test_progress_needs_quorum_records_at_or_above_it(times: list[int], quorum: int, spike_at: int) -> None:
     p = CameraProgress(quorum)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.records import (
@@ -62,6 +62,7 @@ def test_garbage_is_internal_malformed(raw: bytes | None) -> None:
         decode_control(raw)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300))
 def test_any_bytes_decode_or_refuse(raw: bytes) -> None:
     for decode in (decode_intersection, decode_control):
@@ -78,6 +79,7 @@ _json = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(_json)
 def test_any_json_decodes_or_refuses(value: object) -> None:
     raw = json.dumps(value).encode()

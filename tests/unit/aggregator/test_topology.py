@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.topology import CELL, COUNT_KEY, FLAG, INT, SEEN, TEXT, TableView
@@ -20,6 +20,7 @@ def test_codecs_round_trip(codec, value) -> None:  # type: ignore[no-untyped-def
     assert codec.load(codec.dump(value)) == value
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=60))
 def test_codecs_refuse_garbage_with_value_or_type_errors(raw: bytes) -> None:
     for codec in (CELL, SEEN, INT, FLAG, COUNT_KEY):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.windows import Cell, CountKey, WindowStore, count_keys, final_counts, interval_end_ms, interval_start_ms, is_closed
@@ -29,6 +29,7 @@ def test_interval_start(time_ms: int, interval_s: int, start_ms: int) -> None:
     assert interval_start_ms(time_ms, interval_s) == start_ms
 
 
+@settings(deadline=None)
 @given(st.integers(0, 4_102_444_800_000), st.sampled_from([60, 300, 900, 3600]))
 def test_interval_contains_time_and_is_aligned(time_ms: int, interval_s: int) -> None:
     start = interval_start_ms(time_ms, interval_s)
@@ -168,6 +169,7 @@ def test_store_on_any_mapping() -> None:
     assert sorted(c.count for c in cells.values()) == [1, 1] and all(isinstance(c, Cell) for c in cells.values())
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 7_200_000)), max_size=60), st.integers(0, 600))
 def test_final_counts_equal_a_plain_count_of_distinct_ids(items: list[tuple[int, int]], grace: int) -> None:
     crossings = [crossing("line", T + t, f"c:s:{i}:l1") for i, t in items]

@@ -34,12 +34,13 @@ events = st.builds(
 )  # fmt: skip
 
 
+@settings(deadline=None)
 @given(events)
 def test_valid_events_round_trip(event: DetectionEvent) -> None:
     assert DetectionEvent.decode(event.encode()) == event
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(st.binary(max_size=500))
 def test_any_bytes(raw: bytes) -> None:
     for model in DECODERS:
@@ -56,7 +57,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(events, st.sampled_from(["camera", "seq", "capture_ms", "width", "detections", "end_of_session", "model", "extra", "box"]), json_values)
 def test_near_valid_events_with_one_field_replaced(event: DetectionEvent, name: str, value: object) -> None:
     data = json.loads(event.encode())
@@ -72,6 +73,7 @@ def test_near_valid_events_with_one_field_replaced(event: DetectionEvent, name: 
     assert DetectionEvent.decode(decoded.encode()) == decoded  # what passes is a valid event
 
 
+@settings(deadline=None)
 @given(json_values)
 def test_any_json_document(value: object) -> None:
     raw = json.dumps(value, allow_nan=True).encode()
@@ -86,7 +88,7 @@ header_names = st.sampled_from(["camera", "intersection", "session", "seq", "cap
 header_values = st.one_of(st.binary(max_size=20), st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()), st.text(max_size=20).map(str.encode))
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(st.lists(st.tuples(header_names, header_values), max_size=12))
 def test_any_frame_headers(headers: list[tuple[str, bytes]]) -> None:
     try:
