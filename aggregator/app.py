@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from dataclasses import dataclass
 
 from aggregator.camera_stage import CameraStage
@@ -64,8 +65,29 @@ def create_app(
     return AggregatorApp(topo, cameras, intersections, housekeeping, metrics, health)
 
 
+def _import_tracker_in_background() -> threading.Thread:
+    """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
+
+    The first event waits for it anyway (Python's import lock); meanwhile the topic checks, the
+    faust app and the group join - network waits - go on beside it.
+    """
+
+    def load() -> None:
+        import ultralytics.trackers.byte_tracker  # noqa: F401
+
+        # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as
+        # long as the process: out of the cyclic collector's sight, so its collections, which the
+        # tracker's many short-lived arrays trigger, no longer walk them.
+        gc.freeze()
+
+    thread = threading.Thread(target=load, name="import-tracker", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings) -> int:
     """Run one aggregator worker until SIGTERM / SIGINT; offsets and checkpoints are flushed on the way out."""
+    importing = _import_tracker_in_background()
     from mode import Worker
 
     from traffic.health import HealthServer
@@ -89,6 +111,7 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
     # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
     # many short-lived arrays trigger, no longer walk them.
+    importing.join()  # before the freeze: the tracker's modules are permanent too
     gc.freeze()
     try:
         worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)

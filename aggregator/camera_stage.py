@@ -21,13 +21,14 @@ intersection stage counts each event id once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-import ultralytics.trackers.byte_tracker  # noqa: F401 - imported now, not by the first event (torch takes seconds)
 from kafka.partitioner.default import murmur2
 
 from aggregator import checkpoint
@@ -77,6 +78,7 @@ class CameraStage:
         self.dirty: set[str] = set()
         self._control_topic = topo.camera_control.get_topic_name()
         self._partition_cache: dict[str, int] = {}
+        self.warmup: threading.Thread | None = None  # a thread importing the tracker, set by aggregator.app
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -89,6 +91,8 @@ class CameraStage:
 
         @app.agent(source, name=f"{self.settings.app_id}.camera-stage")
         async def camera_stage(stream: Any) -> None:
+            if self.warmup is not None:  # the loop keeps heartbeating while torch finishes importing
+                await asyncio.get_running_loop().run_in_executor(None, self.warmup.join)
             async for event in stream.events():
                 message = event.message
                 try:
