@@ -116,8 +116,8 @@ class CameraStage:
 
     async def to_dlq(self, record: Any, reason: str, detail: str) -> None:
         """The input, unchanged, to the DLQ with the reason; a metric and a log line."""
-        key, value, headers = self.topo.dead_letter(record, reason, detail)
-        await self.topo.dlq_out.send(key=key, value=value, headers=headers)
+        letter = self.topo.dead_letter(record, reason, detail)
+        await self.topo.dlq_out.send(key=letter.key, value=letter.value, headers=letter.headers)
         self.metrics.dlq.labels(reason).inc()
         log.warning("event to the DLQ", extra={"reason": reason, "detail": detail[:200], "partition": getattr(record, "partition", None), "offset": getattr(record, "offset", None)})
 
@@ -267,7 +267,7 @@ class CameraStage:
                 continue
             counter = cam.counter
             cam.idle_finished = True
-            if counter.active_tracks == 0 and counter.buffered == 0:
+            if counter.active_tracks == 0 and counter.pending == 0:
                 continue
             out.append((cam.partition, FinishMessage(camera=camera, session=counter.session, next_seq=counter.next_seq, events=counter.events)))
         return out

@@ -135,7 +135,7 @@ class CameraCounter:
         return self._expected
 
     @property
-    def buffered(self) -> int:
+    def pending(self) -> int:
         """Events held in the reorder buffer, waiting for a missing seq."""
         return len(self._buffer)
 

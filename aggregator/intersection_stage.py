@@ -65,8 +65,8 @@ class IntersectionStage:
                 try:
                     await self.on_message(message)
                 except ContractError as exc:
-                    key, value, headers = self.topo.dead_letter(message, exc.reason, str(exc))
-                    await self.topo.dlq_out.send(key=key, value=value, headers=headers)
+                    letter = self.topo.dead_letter(message, exc.reason, str(exc))
+                    await self.topo.dlq_out.send(key=letter.key, value=letter.value, headers=letter.headers)
                     self.metrics.dlq.labels(exc.reason).inc()
                     log.warning("internal message to the DLQ", extra={"reason": exc.reason, "detail": str(exc)[:200], "partition": message.partition, "offset": message.offset})
 

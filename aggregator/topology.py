@@ -51,6 +51,8 @@ import faust
 
 from aggregator.settings import AggregatorSettings
 from aggregator.windows import Cell, CountKey, Seen
+from traffic import clients
+from traffic.dlq import DeadLetter, dead_letter, event_dead_letter
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import Camera, Intersection, Site
 
@@ -241,38 +243,17 @@ class Topology:
         """Camera ids of one intersection, in site order."""
         return [cam for cam, (inter, _) in self.cameras.items() if inter.id == intersection]
 
-    def dead_letter(self, record: Any, reason: str, detail: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-        """(key, value, headers) of the DLQ copy of ``record`` (topic, partition, offset, key, value, headers).
+    def dead_letter(self, record: Any, reason: str, detail: str) -> DeadLetter:
+        """The dead letter of ``record`` (topic, partition, offset, key, value, headers) in the one DLQ schema.
 
-        The value is the input unchanged, cut to fit the DLQ topic and the producer (then header
-        ``value_cut`` gives the original size): a DLQ write must never fail for size.
+        The value is the input unchanged; one too large for the DLQ topic or the producer goes
+        without it (``value_kept: false``, its size and SHA-256 kept): a DLQ write never fails for size.
         """
-        value = record.value if isinstance(record.value, bytes | bytearray) else b""
-        headers = list(record.headers.items()) if isinstance(record.headers, dict) else list(record.headers or [])
-        headers = [(str(n), bytes(v or b"")) for n, v in headers if n not in ("reason", "stage", "detail", "value_cut")]
-        headers += [("reason", reason.encode()), ("stage", b"aggregator"), ("detail", " ".join(detail.split())[:500].encode())]
-        room = min(self.settings.max_request_bytes, self.topic_settings.max_message_bytes) - 64 * 1024 - sum(len(n) + len(v) for n, v in headers)
-        if len(value) > room:
-            headers.append(("value_cut", str(len(value)).encode()))
-            value = bytes(value[: max(0, room)])
-        return record.key, bytes(value), headers
-
-
-def _credentials(kafka: KafkaSettings) -> Any:
-    if not kafka.security_protocol.startswith("SASL"):
-        return None
-    if not (kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password):
-        from traffic.errors import ConfigError
-
-        raise ConfigError("SASL needs TRAFFIC_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD")
-    ssl_context = None
-    if kafka.security_protocol == "SASL_SSL":
-        import ssl
-
-        ssl_context = ssl.create_default_context(cafile=kafka.ssl_cafile)
-    return faust.SASLCredentials(
-        username=kafka.sasl_username, password=kafka.sasl_password.get_secret_value(), mechanism=kafka.sasl_mechanism, ssl_context=ssl_context
-    )
+        letter = event_dead_letter(record, self.topic_settings, stage="aggregator", reason=reason, detail=detail)
+        room = min(self.settings.max_request_bytes, self.topic_settings.max_message_bytes) - 64 * 1024
+        if len(letter.value or b"") > room:
+            letter = dead_letter(record, stage="aggregator", reason=reason, detail=detail, topic=self.topic_settings.dlq, keep_value=False)
+        return letter
 
 
 def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings, site: Site, partitions: int) -> Topology:
@@ -284,8 +265,7 @@ def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: T
     """
     app = faust.App(
         settings.app_id,
-        broker=kafka.faust_broker_url(),
-        broker_credentials=_credentials(kafka),
+        **clients.faust_options(kafka),
         store=settings.store,
         datadir=settings.data_dir,
         web_enabled=settings.web_port > 0,
@@ -329,15 +309,9 @@ def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: T
 
 def topic_partitions(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
     """Partitions of an existing topic (kafka-python metadata); BrokerUnavailable if Kafka does not answer."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+    from traffic.errors import ConfigError
 
-    from traffic.errors import BrokerUnavailable, ConfigError
-
-    try:
-        consumer = KafkaConsumer(**kafka.kafka_python(), client_id=f"{topic}-probe", enable_auto_commit=False)
-    except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(f"Kafka at {kafka.bootstrap_servers} is unreachable: {exc.__class__.__name__}") from None
+    consumer = clients.consumer(kafka, client_id=f"{topic}-probe", enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

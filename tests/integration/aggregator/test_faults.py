@@ -127,7 +127,7 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
 def _broker_faults(tmp_path: Path, broker: LocalBroker, down_s: float) -> None:
     bootstrap = broker.bootstrap
     topics = TopicSettings(
-        frames="f.frames", detections="f.detections", crossings="f.crossings", counts="f.counts", dlq="f.dlq",
+        frames="f.frames", detections="f.detections", crossings="f.crossings", counts="f.counts", dlq="f.dlq", frames_dlq="f.frames-dlq",
         detections_partitions=2, output_partitions=1,
     )  # fmt: skip
     create_topics(KafkaSettings(bootstrap_servers=bootstrap), topics)

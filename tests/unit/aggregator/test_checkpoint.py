@@ -36,7 +36,7 @@ def test_round_trip_continues_exactly_where_it_stopped(busy_counter: CameraCount
     a, b = CameraCounter.restore(synthetic_site(), CAMERA, busy_counter.snapshot()), CameraCounter.restore(synthetic_site(), CAMERA, snapshot)
     rest = events[200:]
     assert [c.event_id for e in rest for c in a.update(e)] == [c.event_id for e in rest for c in b.update(e)]
-    assert b.buffered == a.buffered
+    assert b.pending == a.pending
 
 
 def test_compression_keeps_a_dense_checkpoint_small() -> None:
