@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from kafka.partitioner.default import murmur2
 
 from aggregator import checkpoint
 from aggregator.counting import CameraCounter
@@ -37,7 +36,7 @@ from aggregator.event_time import CameraProgress
 from aggregator.metrics import AggregatorMetrics
 from aggregator.records import CrossingMessage, FinishMessage, StreamMessage, WatermarkMessage, decode_control, encode
 from aggregator.sessions import FOREIGN, Held, SessionGate
-from aggregator.topology import Topology
+from aggregator.topology import Topology, camera_partition
 from traffic.capture_time import ClockReport
 from traffic.errors import ContractError
 from traffic.wire import CrossingEvent, DetectionEvent
@@ -197,7 +196,7 @@ class CameraStage:
         """The partition a camera's events belong on: the Kafka default partitioner on the camera id key."""
         partition = self._partition_cache.get(camera)
         if partition is None:
-            partition = self._partition_cache[camera] = (murmur2(camera.encode()) & 0x7FFFFFFF) % self.topo.partitions
+            partition = self._partition_cache[camera] = camera_partition(camera, self.topo.partitions)
         return partition
 
     def camera(self, camera: str) -> _Camera:

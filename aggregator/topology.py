@@ -28,10 +28,10 @@ table                  key                    value                             
 ``streams``            camera id              ``1`` once its stream ended, ``0`` live again   intersection
 =====================  =====================  ==============================================  ==================
 
-``camera-state`` is written when faust commits (outside a stream), so it uses faust's
-partitioner on the camera id: the partition the camera's detections are on, as long as their
-producer uses the Kafka default (murmur2) partitioner on the camera id key - the camera stage
-refuses events that arrive on another partition (``wrong_partition``).
+``camera-state`` is written when faust commits (outside a stream), so its partition comes from
+the key (:class:`CameraStateTable`): the partition the camera's detections are on, as long as
+their producer uses the Kafka default (murmur2) partitioner on the camera id key - the camera
+stage refuses events that arrive on another partition (``wrong_partition``).
 
 Closed intervals are derivable from the tables alone (``windows`` + ``watermarks``), so a restart
 or rebalance between "interval due" and "final record sent" only delays the final record, never
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import faust
+from kafka.partitioner.default import murmur2
 
 from aggregator.settings import AggregatorSettings
 from aggregator.windows import Cell, CountKey, Seen
@@ -201,6 +202,25 @@ class Tables:
         return [self.camera_state] + [view.table for view in (self.windows, self.seen, self.watermarks, self.camera_watermarks, self.streams)]
 
 
+def camera_partition(camera: str | bytes, partitions: int) -> int:
+    """The partition of a camera's detections: the Kafka default partitioner (murmur2) on the camera id key."""
+    key = camera.encode() if isinstance(camera, str) else camera
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class CameraStateTable(faust.Table):
+    """``camera-state``: written when faust commits (outside any stream), to the partition of the camera's detections.
+
+    faust takes a table write's changelog partition from the event being processed; checkpoints
+    are written between events, so the partition comes from the key instead (the camera id, as
+    the detections are keyed), computed here rather than by the producer, whose metadata may not
+    know the changelog topic yet.
+    """
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return camera_partition(key, self.partitions)
+
+
 def define_tables(app: faust.App, partitions: int, max_record_bytes: int) -> Tables:
     """Declare the tables; ``partitions`` must equal the partitions of their source topics."""
     raw: dict[str, Any] = {"partitions": partitions, "key_type": bytes, "value_type": bytes}  # bytes: the "raw" codec
@@ -208,11 +228,14 @@ def define_tables(app: faust.App, partitions: int, max_record_bytes: int) -> Tab
     def view(name: str, key: Codec[Any], value: Codec[Any], help: str) -> TableView[Any, Any]:
         return TableView(app.Table(name, help=help, **raw), key, value, name)
 
-    return Tables(
-        camera_state=app.Table(
-            "camera-state", help="per-camera checkpoints", use_partitioner=True,
+    camera_state = app.tables.add(
+        CameraStateTable(
+            app, name="camera-state", beacon=app.tables.beacon, help="per-camera checkpoints",
             extra_topic_configs={"max.message.bytes": str(max_record_bytes)}, **raw,
-        ),  # fmt: skip
+        )  # fmt: skip
+    )
+    return Tables(
+        camera_state=camera_state,
         windows=view("windows", COUNT_KEY, CELL, "interval counts"),
         seen=view("seen", TEXT, SEEN, "counted crossing ids"),
         watermarks=view("watermarks", TEXT, INT, "event-time watermark per intersection"),

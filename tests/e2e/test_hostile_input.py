@@ -81,7 +81,11 @@ def _replace(headers: list[tuple[str, bytes]], name: str, value: bytes | None) -
 
 def _event(session: str, seq: int = 3, camera: str = CAMERA, intersection: str = INTERSECTION, capture_ms: int | None = None,
            detections: int = 1) -> DetectionEvent:  # fmt: skip
-    boxes = tuple(Detection(class_id=2, label="car", confidence=0.8, box=(0.01 + (i % 30) * 0.03, 0.01 + (i // 30) * 0.03, 0.02 + (i % 30) * 0.03, 0.02 + (i // 30) * 0.03)) for i in range(detections))
+    def box(i: int) -> tuple[float, float, float, float]:
+        x, y = 0.01 + (i % 30) * 0.03, 0.01 + (i // 30 % 30) * 0.03
+        return (x, y, x + 0.01, y + 0.01)
+
+    boxes = tuple(Detection(class_id=2, label="car", confidence=0.8, box=box(i)) for i in range(detections))
     return DetectionEvent(
         camera=camera, intersection=intersection, session=session, seq=seq, capture_ms=int(time.time() * 1000) if capture_ms is None else capture_ms,
         model="fuzz", width=640, height=480, detections=boxes,
@@ -219,14 +223,17 @@ def sample_frame(shared: Path) -> bytes:
     return _jpeg(image)
 
 
+@pytest.mark.timeout(1800)  # an offline count and a real-time pipeline run, on a shared machine
 def test_hostile_records_go_to_the_dlq_and_change_no_count(kafka_bootstrap: str, shared: Path, tmp_path: Path, sample_frame: bytes) -> None:
-    expected_totals = _offline_totals(shared, tmp_path)
     cfg = PipelineConfig(
         bootstrap=kafka_bootstrap, site=REPO / "deploy" / "sites" / "intersection-demo.yaml", camera=CAMERA,
         source=str(shared / "videos" / "intersection.mp4"), model=str(shared / "models" / "yolo11n_int8_openvino_model"),
         out_dir=tmp_path / "run", workers=1, realtime=True,
     )  # fmt: skip
     pipeline = LocalPipeline(cfg)
+    records = hostile_records(pipeline, sample_frame)  # built first: a mistake here fails in a second
+    bad = [r for r in records if r.reason is not None]
+    expected_totals = _offline_totals(shared, tmp_path)
     try:
         pipeline.start_services()
         pids = {name: child.proc.pid for name, child in pipeline.children.items()}
@@ -237,13 +244,11 @@ def test_hostile_records_go_to_the_dlq_and_change_no_count(kafka_bootstrap: str,
             assert time.monotonic() < deadline, f"no detections: {pipeline.stats()}"
             pipeline.check_children()
             time.sleep(0.5)
-        records = hostile_records(pipeline, sample_frame)
         producer = KafkaProducer(**pipeline.kafka.kafka_python(), acks="all", max_request_size=8 * 1024 * 1024)
         for r in records:
             producer.send(r.topic, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
         producer.flush()
         producer.close()
-        bad = [r for r in records if r.reason is not None]
         largest = pipeline.largest_interval()
         deadline = time.monotonic() + SETTLE_S
         while True:
