@@ -39,6 +39,7 @@ class AggregatorSettings(BaseSettings):
     max_state_bytes: int = Field(default=2 * 1024 * 1024, ge=4096, description="a camera checkpoint larger than this (compressed) has its tracks ended first (bytes); below the producer's max_request_bytes")
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024, description="largest record the app's producer sends (bytes); DLQ copies are cut to fit")
     session_confirm_events: int = Field(default=3, ge=1, le=50, description="events of a new stream session that confirm it before the camera switches to it")
+    changelog_segment_s: int = Field(default=600, ge=60, description="segment length of the tables' changelog topics (s): compaction only cleans closed segments, so this bounds what a restart replays")
     group_instance_id: str = Field(default="", description="Kafka static group membership id (stable per replica, e.g. the pod name): a restarted worker gets its partitions back at once. Empty = dynamic membership")
     session_timeout_s: float = Field(default=10.0, ge=6, le=300, description="consumer group session timeout (s): how long a vanished worker holds its partitions")
 

@@ -221,17 +221,23 @@ class CameraStateTable(faust.Table):
         return camera_partition(key, self.partitions)
 
 
-def define_tables(app: faust.App, partitions: int, max_record_bytes: int) -> Tables:
-    """Declare the tables; ``partitions`` must equal the partitions of their source topics."""
+def define_tables(app: faust.App, partitions: int, max_record_bytes: int, segment_s: int = 600) -> Tables:
+    """Declare the tables; ``partitions`` must equal the partitions of their source topics.
+
+    Their changelogs are compacted topics whose segments roll every ``segment_s``: compaction
+    never touches the open segment, so without it a camera's checkpoints (one per commit) would
+    pile up for the broker's default of 7 days and a restart would replay all of them.
+    """
     raw: dict[str, Any] = {"partitions": partitions, "key_type": bytes, "value_type": bytes}  # bytes: the "raw" codec
+    segments = {"segment.ms": str(segment_s * 1000)}
 
     def view(name: str, key: Codec[Any], value: Codec[Any], help: str) -> TableView[Any, Any]:
-        return TableView(app.Table(name, help=help, **raw), key, value, name)
+        return TableView(app.Table(name, help=help, extra_topic_configs=segments, **raw), key, value, name)
 
     camera_state = app.tables.add(
         CameraStateTable(
             app, name="camera-state", beacon=app.tables.beacon, help="per-camera checkpoints",
-            extra_topic_configs={"max.message.bytes": str(max_record_bytes)}, **raw,
+            extra_topic_configs={**segments, "max.message.bytes": str(max_record_bytes)}, **raw,
         )  # fmt: skip
     )
     return Tables(
@@ -326,7 +332,7 @@ def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: T
         crossings_out=raw_topic(topics.crossings),
         counts_out=raw_topic(topics.counts),
         dlq_out=raw_topic(topics.dlq),
-        tables=define_tables(app, partitions, settings.max_request_bytes),
+        tables=define_tables(app, partitions, settings.max_request_bytes, settings.changelog_segment_s),
     )
 
 
