@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "sites" / "intersection-demo.yaml"
 
 
+@pytest.mark.timeout(1800)
 def test_flapping_rtsp_camera(kafka_bootstrap: str, shared: Path, tmp_path: Path) -> None:
     ok, why = simulated_camera.available()
     if not ok:

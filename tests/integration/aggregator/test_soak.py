@@ -2,7 +2,7 @@
 
 Run with ``pytest -m slow tests/integration/aggregator/test_soak.py`` (``TRAFFIC_SOAK_S`` sets the
 duration, default 1800). One camera at 10 fps with capture time = now, a new stream session every
-~45 s (synthetic vehicles, about 1 per second), so intervals close, state is purged and sessions
+~25 s (synthetic vehicles, about 1 per second), so intervals close, state is purged and sessions
 come and go all the time, as on a live intersection. Every minute the test samples the
 aggregator's resident memory and the size of the camera's checkpoint; the last third of the run
 must not be above the first third (after a warm-up) beyond a margin, and the final counts must
@@ -35,6 +35,7 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 
 
+@pytest.mark.timeout(SOAK_S + 1200)
 def test_soak_memory_and_state_stay_flat(tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings) -> None:
     agg = Aggregator(tmp_path, kafka_bootstrap, topic_settings, idle_close_s=30, capture_max_age_s="3600", group_instance_id="soak")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
