@@ -101,7 +101,11 @@ _EXACT: dict[tuple[str, str], Any] = {
     **{("collections", n): getattr(__import__("collections"), n) for n in ("Counter", "OrderedDict", "deque", "defaultdict")},
     **{("copyreg", n): getattr(__import__("copyreg"), n) for n in ("_reconstructor", "__newobj__", "__newobj_ex__")},
     ("types", "SimpleNamespace"): __import__("types").SimpleNamespace,
+    ("functools", "partial"): __import__("functools").partial,
 }
+_FUNCTIONS = {("aggregator.tracking", "_buffered_dists")}
+"""Module-level functions a counter binds into its tracker (buffered IoU association, with
+functools.partial); any other function in a snapshot is refused."""
 _NUMPY = {
     "numpy": ("dtype", "ndarray"),
     "numpy._core.multiarray": ("scalar", "_reconstruct"),
@@ -118,6 +122,8 @@ class _CountingClasses(pickle.Unpickler):
         if (module, name) in _EXACT:
             return _EXACT[(module, name)]
         if name in _NUMPY.get(module, ()):
+            return super().find_class(module, name)
+        if (module, name) in _FUNCTIONS:
             return super().find_class(module, name)
         if module.startswith(_CLASS_MODULES):
             obj = super().find_class(module, name)

@@ -93,10 +93,16 @@ def side_of(distance: float, hysteresis: float) -> int:
 
 @dataclass(slots=True)
 class LineSideState:
-    """What one track remembers about one line: its confirmed side and where it was confirmed."""
+    """What one track remembers about one line: its confirmed side and where it was confirmed.
+
+    ``birth`` is the signed distance of the track's first point from the line when that point was
+    near the segment (within the birth margin), else None: a track first seen on or just past a
+    line, moving away from it, was crossing it when the detector first found it.
+    """
 
     side: int = 0
     point: Point | None = None
+    birth: float | None = None
 
 
 def step_line(state: LineSideState, line: LineGeometry, p: Point, hysteresis: float) -> int:
@@ -113,6 +119,12 @@ def step_line(state: LineSideState, line: LineGeometry, p: Point, hysteresis: fl
     if previous == 0 or previous == side or previous_point is None:
         return 0
     return side if line.crossing_within_segment(previous_point, p) else 0
+
+
+def projection(line: LineGeometry, p: Point) -> float:
+    """Where ``p`` projects onto AB: 0 at A, 1 at B (outside [0, 1] beyond the ends)."""
+    dx, dy = line.b[0] - line.a[0], line.b[1] - line.a[1]
+    return ((p[0] - line.a[0]) * dx + (p[1] - line.a[1]) * dy) / (line.length**2)
 
 
 def point_in_polygon(p: Point, polygon: Sequence[Point]) -> bool:

@@ -1,52 +1,39 @@
-"""Multi-object tracking of one camera's detections with Ultralytics' ByteTrack, used standalone.
+"""Multi-object tracking of one camera's detections with an Ultralytics tracker, used standalone.
 
 The worker is stateless, so tracking happens here, one tracker per camera and stream session, fed
-with the camera's events in ``seq`` order. Detections are normalized on the wire; the tracker works
-in pixels (its Kalman filter and IoU gating are tuned for that) and the boxes are normalized back.
+with the camera's events in ``seq`` order. :meth:`CameraTracker.update` takes the frame's
+:class:`traffic.detections.Detections` (pixels) and returns the tracked ones, with ``tracker_id``
+and the tracker's filtered boxes, in the same type (supervision's ``update_with_detections``).
+
+Which tracker and its thresholds come from the site file (``counting.tracker``), so the streaming
+aggregator and ``traffic count`` track alike. ``buffer`` enlarges both boxes by that fraction of
+their size on every side before the IoU of the association (the "buffered IoU" of C-BIoU): at 5-8
+frames per second a scooter moves more than its own length between frames, its predicted and
+detected boxes stop overlapping, and plain IoU association gives up and starts a new id.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
-from traffic.wire import DetectionEvent
+from traffic.detections import Detections, box_iou
+from traffic.site import TrackerConfig
 
-# The fields of ultralytics/cfg/trackers/bytetrack.yaml (8.4.x defaults); track_buffer is derived
-# from the counting timeout and the camera's fps (see CameraTracker).
-BYTETRACK_DEFAULTS = {
-    "tracker_type": "bytetrack",
-    "track_high_thresh": 0.25,
-    "track_low_thresh": 0.1,
-    "new_track_thresh": 0.25,
-    "track_buffer": 30,
-    "match_thresh": 0.8,
-    "fuse_score": True,
+# Fields every Ultralytics 8.4 tracker reads; per-tracker extras come from its own yaml defaults below.
+_EXTRA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bytetrack": {},
+    "ocsort": {"delta_t": 3, "inertia": 0.2, "use_byte": True},
+    "botsort": {"gmc_method": "none", "proximity_thresh": 0.5, "appearance_thresh": 0.8, "with_reid": False, "model": "auto"},
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TrackedObject:
-    """One tracked object in one frame.
-
-    Attributes:
-        track_id: id unique per camera and stream session (1, 2, ...).
-        label: detector label of the matched detection in this frame.
-        confidence: detector score of that detection.
-        box: ``(x1, y1, x2, y2)`` normalized to [0, 1] (the tracker's filtered box).
-    """
-
-    track_id: int
-    label: str
-    confidence: float
-    box: tuple[float, float, float, float]
-
-
-class _Detections:
-    """The minimal numpy view BYTETracker.update() reads: ``conf``, ``cls``, ``xywh``, boolean indexing."""
+class _Boxes:
+    """The minimal numpy view Ultralytics trackers read: ``conf``, ``cls``, ``xywh``, boolean indexing."""
 
     def __init__(self, conf: np.ndarray, cls: np.ndarray, xywh: np.ndarray) -> None:
         self.conf, self.cls, self.xywh = conf, cls, xywh
@@ -54,55 +41,85 @@ class _Detections:
     def __len__(self) -> int:
         return len(self.conf)
 
-    def __getitem__(self, index: np.ndarray) -> "_Detections":
-        return _Detections(self.conf[index], self.cls[index], self.xywh[index])
+    def __getitem__(self, index: np.ndarray) -> "_Boxes":
+        return _Boxes(self.conf[index], self.cls[index], self.xywh[index])
+
+
+def _tracker_class(kind: str) -> type:
+    from ultralytics.trackers.bot_sort import BOTSORT
+    from ultralytics.trackers.byte_tracker import BYTETracker
+    from ultralytics.trackers.oc_sort import OCSORT
+
+    return {"bytetrack": BYTETracker, "ocsort": OCSORT, "botsort": BOTSORT}[kind]
+
+
+def _buffered_dists(tracker: Any, buffer: float, tracks: list, detections: list) -> np.ndarray:
+    """The tracker's association cost with buffered IoU (see the module docstring).
+
+    A module-level function bound with functools.partial (not a subclass made at run time), so the
+    tracker pickles with the camera's checkpoint.
+    """
+    from ultralytics.trackers.oc_sort import OCSORT
+    from ultralytics.trackers.utils import matching
+
+    if not tracks or not detections:
+        return np.zeros((len(tracks), len(detections)), dtype=np.float32)
+    a = _expand(np.array([t.xyxy for t in tracks], dtype=np.float64), buffer)
+    b = _expand(np.array([d.xyxy for d in detections], dtype=np.float64), buffer)
+    iou_dists = 1.0 - box_iou(a, b)
+    dists = matching.fuse_score(iou_dists, detections) if tracker.args.fuse_score else iou_dists
+    if isinstance(tracker, OCSORT):
+        dists = dists + tracker.inertia * tracker._velocity_direction_cost(tracks, detections)
+    return dists
+
+
+def _expand(xyxy: np.ndarray, buffer: float) -> np.ndarray:
+    w = (xyxy[:, 2] - xyxy[:, 0]) * buffer
+    h = (xyxy[:, 3] - xyxy[:, 1]) * buffer
+    return np.column_stack((xyxy[:, 0] - w, xyxy[:, 1] - h, xyxy[:, 2] + w, xyxy[:, 3] + h))
 
 
 class CameraTracker:
-    """ByteTrack for one camera and session; picklable (its state is snapshotted by the aggregator).
+    """One camera's tracker for one stream session; picklable (the aggregator checkpoints it).
 
     Args:
+        config: tracker type and thresholds (the site file's ``counting.tracker``).
         fps: the camera's sampling rate (frames per second), to turn ``lost_timeout_s`` into frames.
         lost_timeout_s: how long a lost track may be re-found (seconds of stream time).
-        classes: labels to track; other detections (e.g. persons when only vehicles are counted)
-            are dropped before tracking so they cannot steal a vehicle's id.
     """
 
-    def __init__(self, fps: float = 10.0, lost_timeout_s: float = 2.0, classes: tuple[str, ...] | None = None) -> None:
-        from ultralytics.trackers.byte_tracker import BYTETracker
+    def __init__(self, config: TrackerConfig, fps: float = 10.0, lost_timeout_s: float = 2.0) -> None:
+        args = dict(
+            _EXTRA_DEFAULTS[config.type],
+            tracker_type=config.type,
+            track_high_thresh=config.high_thresh,
+            track_low_thresh=config.low_thresh,
+            new_track_thresh=config.new_track_thresh,
+            match_thresh=config.match_thresh,
+            fuse_score=True,
+            track_buffer=max(1, math.ceil(lost_timeout_s * fps)),
+        )
+        self._tracker = _tracker_class(config.type)(SimpleNamespace(**args))
+        if config.buffer > 0:
+            self._tracker.get_dists = functools.partial(_buffered_dists, self._tracker, config.buffer)
 
-        args = dict(BYTETRACK_DEFAULTS, track_buffer=max(1, math.ceil(lost_timeout_s * fps)))
-        self._tracker = BYTETracker(SimpleNamespace(**args))
-        self._classes = frozenset(classes) if classes is not None else None
+    def update(self, detections: Detections) -> Detections:
+        """Feed one frame's detections (in seq order); return the tracks updated in this frame.
 
-    def update(self, event: DetectionEvent) -> list[TrackedObject]:
-        """Feed one frame's detections (in seq order); return the tracks updated in this frame."""
-        keep = [d for d in event.detections if self._classes is None or d.label in self._classes]
-        w, h = float(event.width), float(event.height)
-        if keep:
-            boxes = np.array([d.box for d in keep], dtype=np.float64) * np.array([w, h, w, h])
-            xywh = np.column_stack(
-                ((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-            )
-            conf = np.array([d.confidence for d in keep], dtype=np.float64)
-            cls = np.array([d.class_id for d in keep], dtype=np.float64)
-        else:
-            xywh, conf, cls = np.zeros((0, 4)), np.zeros(0), np.zeros(0)
-        rows = self._tracker.update(_Detections(conf, cls, xywh))
-        # removed tracks are only kept by ultralytics for bookkeeping (up to 1000): drop them so the
-        # per-camera snapshot stays small; lost tracks (which can still be re-found) are kept.
+        The result carries the tracker's boxes (pixels), the matched detection's class and score,
+        and ``tracker_id`` (unique per camera and session: 1, 2, ...).
+        """
+        rows = self._tracker.update(_Boxes(detections.confidence, detections.class_id.astype(np.float64), detections.xywh()))
+        # Removed tracks are only kept by Ultralytics for bookkeeping (up to 1000): drop them so the
+        # camera's state stays small; lost tracks (which can still be re-found) are kept.
         self._tracker.removed_stracks = []
-        out: list[TrackedObject] = []
-        for x1, y1, x2, y2, track_id, score, _cls, idx in rows.tolist() if len(rows) else []:
-            det = keep[int(idx)]
-            box = (
-                min(max(x1 / w, 0.0), 1.0),
-                min(max(y1 / h, 0.0), 1.0),
-                min(max(x2 / w, 0.0), 1.0),
-                min(max(y2 / h, 0.0), 1.0),
-            )
-            out.append(TrackedObject(int(track_id), det.label, float(score), box))
-        return out
+        if not len(rows):
+            return Detections.empty().with_tracker_id(np.zeros(0, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.float64)
+        idx = rows[:, 7].astype(np.int64)
+        return Detections(
+            rows[:, 0:4].copy(), rows[:, 5].copy(), detections.class_id[idx], detections.class_name[idx], rows[:, 4].astype(np.int64)
+        )
 
     def end_all(self) -> None:
         """Forget every live and lost track but keep the id counter (ids stay unique in the session)."""

@@ -7,7 +7,7 @@ sampled frames (10 fps), same model, same run:
 * baseline      - ``model(frame)`` on the sampled frames, decoded beforehand (the model alone);
 * plain loop    - what one writes by hand: read the video with OpenCV, ``model(frame)`` on every
   3rd frame (the same frames) - the fair comparison, since ``traffic count`` decodes the video too;
-* traffic count - ``aggregator.offline.count_video`` (sampling, JPEG round trip, detection,
+* traffic count - ``offline.count.count_video`` (sampling, JPEG round trip, detection,
   tracking, lines, movements) over the same video;
 * ObjectCounter - Ultralytics' solution (predict + track + count) on the same frames with the
   site's ``west-leg`` line in pixels.
@@ -56,7 +56,7 @@ def main() -> int:
     import cv2
     from ultralytics import YOLO
 
-    from aggregator.offline import count_video
+    from offline.count import count_video
     from workers.detector import DetectorSettings
 
     video = shared_dir() / "videos" / "intersection.mp4"

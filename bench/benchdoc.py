@@ -43,9 +43,9 @@ def sampled_frames(video: Path, count: int, every: int = 3) -> list[np.ndarray]:
     return out
 
 
-def write_section(title: str, markdown: str) -> Path:
-    """Replace (or add) the ``## <title>`` section of docs/benchmarks.md, leaving the others alone."""
-    path = REPO / "docs" / "benchmarks.md"
+def write_section(title: str, markdown: str, doc: str = "benchmarks.md") -> Path:
+    """Replace (or add) the ``## <title>`` section of docs/<doc> (default benchmarks.md), leaving the others alone."""
+    path = REPO / "docs" / doc
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     section = f"## {title}\n\n" + markdown.strip() + "\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)

@@ -102,7 +102,7 @@ class CountsReader:
                     rec = CountRecord.decode(message.value)
                 except TrafficError:
                     continue
-                self.records[(rec.interval_s, rec.interval_start_ms, rec.series, rec.approach, rec.movement, rec.vehicle_class)] = rec
+                self.records[(rec.intersection, rec.interval_s, rec.interval_start_ms, rec.series, rec.approach, rec.movement, rec.vehicle_class)] = rec
 
     def end_offset(self, topic: str) -> int:
         """Messages ever written to ``topic`` (sum of the partitions' end offsets)."""
@@ -169,6 +169,7 @@ class LocalPipeline:
             **os.environ,
             **clients.environment(self.kafka),
             "TRAFFIC_SITE_CONFIG": str(cfg.site),
+            "TRAFFIC_AGGREGATOR_SITE_CONFIG": str(cfg.site),  # the aggregator's own setting
             **{f"TRAFFIC_TOPICS_{name.upper()}": str(value) for name, value in self.topics.model_dump().items()},
             "TRAFFIC_SHARED_DIR": str(shared_dir()),
         }

@@ -89,3 +89,12 @@ def shared() -> Path:
 def demo_site_file() -> Path:
     """The example site configuration for the sample intersection video."""
     return REPO / "deploy" / "sites" / "intersection-demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def model(shared: Path) -> Path:
+    """The shared YOLO11n INT8 OpenVINO model; skips the test where it is absent."""
+    path = shared / "models" / "yolo11n_int8_openvino_model"
+    if not path.exists():
+        pytest.skip(f"shared model not found at {path}")
+    return path

@@ -21,7 +21,7 @@ from traffic.logs import configure_logging
 
 log = logging.getLogger("traffic.cli")
 
-SERVICE_COMMANDS = ("ingest.command", "workers.command", "aggregator.command", "aggregator.count_command", "devkit.command")
+SERVICE_COMMANDS = ("ingest.command", "workers.command", "aggregator.command", "offline.command", "devkit.command", "traffic.status")
 
 
 def _topics(args: argparse.Namespace) -> int:

@@ -200,6 +200,35 @@ class Intersection(_Strict):
     cameras: list[Camera] = Field(min_length=1)
 
 
+class TrackerConfig(_Strict):
+    """Which Ultralytics tracker follows the vehicles, and its thresholds (see ``aggregator/tracking.py``).
+
+    Attributes:
+        type: ``bytetrack``, ``ocsort`` (observation-centric: keeps tracks through occlusions and
+            fast motion) or ``botsort`` (without camera-motion compensation or ReID).
+        high_thresh: detections at or above this score are matched first.
+        low_thresh: detections between this and ``high_thresh`` are matched second (ByteTrack's
+            low-score stage); the workers must send detections down to it (their ``conf``).
+        new_track_thresh: an unmatched detection starts a track only at or above this score.
+        match_thresh: largest association cost (1 - IoU, fused with the score) accepted.
+        buffer: boxes are enlarged by this fraction of their size on each side before the IoU of
+            the association (buffered IoU), so fast or low-frame-rate objects stay matched.
+    """
+
+    type: Literal["bytetrack", "ocsort", "botsort"] = "bytetrack"
+    high_thresh: float = Field(default=0.25, ge=0, le=1)
+    low_thresh: float = Field(default=0.1, ge=0, le=1)
+    new_track_thresh: float = Field(default=0.25, ge=0, le=1)
+    match_thresh: float = Field(default=0.9, gt=0, le=2)
+    buffer: float = Field(default=0.6, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrackerConfig":
+        if self.low_thresh > self.high_thresh:
+            raise ValueError(f"low_thresh {self.low_thresh} must not exceed high_thresh {self.high_thresh}")
+        return self
+
+
 class Counting(_Strict):
     """How counts are aggregated.
 
@@ -211,13 +240,32 @@ class Counting(_Strict):
         track_timeout_s: a track not seen for this long has ended (its movement is decided then).
         line_hysteresis: distance (normalized) a point must move past a line to count, and back
             across it to re-arm, so stop-and-go traffic on the line is counted once.
+        tracker: the tracker and its thresholds.
+        duplicate_iou, motion_eps, min_travel, uturn_depth, reach: see ``aggregator/detection_cleanup.py``
+            and ``aggregator/movements.py`` (normalized image units).
     """
 
     classes: list[str] = Field(default_factory=lambda: ["car", "bus", "truck", "motorcycle", "bicycle", "person"], min_length=1)
     intervals_s: list[int] = Field(default_factory=lambda: [900, 60], min_length=1)
     grace_s: float = Field(default=10.0, ge=0)
-    track_timeout_s: float = Field(default=2.0, gt=0)
+    track_timeout_s: float = Field(default=1.0, gt=0)
     line_hysteresis: float = Field(default=0.01, ge=0, le=0.5)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
+    riders: Literal["fuse", "drop"] = Field(default="fuse", description="a person riding a detected two-wheeler: fused with it into one box (fuse) or dropped (drop)")
+    line_birth_margin: float = Field(default=0.1, ge=0, le=0.5, description="a track first seen within this distance of a line (on it or just past it) and moving away from it was crossing it: counted (normalized; 0 = off)")
+    stitch_s: float = Field(default=0.0, ge=0, le=10, description="a new track id that appears where a track lost less than this long ago would be now continues that track (0 = off)")
+    stitch_gate: float = Field(default=1.0, gt=0, le=10, description="how near (in box heights) to the lost track's predicted position the new track must appear")
+    duplicate_iou: float = Field(default=0.7, gt=0, le=1, description="boxes of counted classes overlapping more than this are one vehicle")
+    motion_eps: float = Field(default=0.02, gt=0, le=0.5, description="a track has started moving once its ground point is this far from where it stood")
+    min_travel: float = Field(default=0.08, ge=0, le=2, description="a track must move this far (start to end) to make a movement")
+    uturn_depth: float = Field(default=0.2, ge=0, le=2, description="a u-turn must travel at least twice this far")
+    reach: float = Field(default=0.45, ge=0, le=2, description="how far along its heading a track that starts or ends outside every zone may be extended to find its approach")
+
+    def detected_classes(self) -> tuple[str, ...]:
+        """What the detector must find for this counting: the counted classes, and persons where
+        two-wheelers are counted (riders; see ``aggregator/detection_cleanup.py``)."""
+        riders = {"person"} if {"motorcycle", "bicycle"} & set(self.classes) else set()
+        return tuple(sorted(set(self.classes) | riders))
 
     @field_validator("intervals_s")
     @classmethod

@@ -23,6 +23,10 @@ from traffic.wire import Detection
 
 log = logging.getLogger(__name__)
 
+_CONF_SLACK = 1e-4
+"""The threshold applies to the score as published (rounded to 4 decimals), so a stricter filter of
+a lower-threshold run gives exactly the same detections (offline/detection_cache.py relies on it)."""
+
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
 
 
@@ -45,7 +49,7 @@ class DetectorSettings:
     device: str = "cpu"
     half: bool = False
     classes: tuple[str, ...] = field(default=DEFAULT_CLASSES)
-    conf: float = 0.25
+    conf: float = 0.1
     iou: float = 0.7
     imgsz: int = 640
     batch_size: int = 8
@@ -127,7 +131,7 @@ class Detector:
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
             results = self.model.predict(
-                chunk, imgsz=self.settings.imgsz, conf=self.settings.conf, iou=self.settings.iou, classes=self.class_ids,
+                chunk, imgsz=self.settings.imgsz, conf=max(0.0, self.settings.conf - _CONF_SLACK), iou=self.settings.iou, classes=self.class_ids,
                 device=self.device, verbose=False, batch=len(chunk), **self._precision,
             )  # fmt: skip
             for result in results:
@@ -138,6 +142,6 @@ class Detector:
                 out.append(tuple(
                     Detection(class_id=int(c), label=self.names[int(c)], confidence=float(round(s, 4)),
                               box=tuple(float(round(v, 5)) for v in box))  # type: ignore[arg-type]
-                    for box, c, s in zip(xyxyn, cls, conf)
+                    for box, c, s in zip(xyxyn, cls, conf) if round(float(s), 4) >= self.settings.conf
                 ))  # fmt: skip
         return out

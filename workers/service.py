@@ -37,7 +37,8 @@ from traffic.errors import BadInput, ContractError
 from traffic.health import Health, HealthServer
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import load_site
-from traffic.wire import DetectionEvent, FrameHeaders
+from traffic.wire import FrameHeaders
+from workers.events import detection_event
 from workers import metrics
 from workers.decode import decode_jpeg
 from workers.detector import Detector, DetectorSettings
@@ -218,11 +219,7 @@ class Worker:
             found = {id(f): r for f, r in zip(images, results)}
         for frame in frames:  # input order: a camera's events keep their frames' order
             h = frame.headers
-            event = DetectionEvent(
-                camera=h.camera, intersection=h.intersection, session=h.session, seq=h.seq, capture_ms=h.capture_ms,
-                model=self.detector.model_name, width=h.width, height=h.height, detections=found.get(id(frame), ()),
-                inference_ms=None if h.end else per_frame_ms, end_of_session=h.end,
-            )  # fmt: skip
+            event = detection_event(h, self.detector.model_name, found.get(id(frame), ()), per_frame_ms)
             futures.append(self.producer.send(self.topics.detections, key=h.camera.encode(), value=event.encode()))
         started = time.perf_counter()
         if not self._await(futures):

@@ -19,7 +19,7 @@ class WorkerSettings(BaseSettings):
     device: str = Field(default="cpu", description="cpu, cuda, or cuda:N")
     half: bool = Field(default=False, description="FP16 inference; honoured on CUDA only")
     classes: str = Field(default=DEFAULT_CLASSES, description="comma list of class names to keep (model vocabulary)")
-    conf: float = Field(default=0.25, ge=0, le=1, description="confidence threshold")
+    conf: float = Field(default=0.1, ge=0, le=1, description="confidence threshold: low, so the tracker's second (low-score) association has boxes to use (docs/accuracy.md)")
     iou: float = Field(default=0.7, ge=0, le=1, description="NMS IoU threshold")
     imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (pixels)")
     batch_size: int = Field(default=8, ge=1, le=256, description="frames per inference batch (also max_poll_records)")

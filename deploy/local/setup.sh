@@ -5,6 +5,8 @@
 #   2. a Python 3.11 virtual environment in .venv with the pinned versions of requirements/lock.txt
 #   3. the Apache Kafka broker jars from Maven Central (cached in ~/.cache/traffic-pipeline)
 #   4. the manifest validation tools (kustomize, CRD schemas) for tests/deploy
+#   5. the local Kubernetes control plane, KEDA and Helm for tests/k8s, built from the Go module
+#      proxy into ~/.cache/traffic-pipeline/k8s (about 10-15 minutes on 2 cores the first time)
 # A second run only checks and returns in seconds. Set TRAFFIC_SKIP_APT=1 to skip step 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,5 +74,10 @@ if [ -f deploy/tools/install.sh ]; then
     export TRAFFIC_TOOLS_SKIP_STRIMZI=1
   fi
   bash deploy/tools/install.sh
+fi
+
+# -- 5. Kubernetes control plane, KEDA, Helm (tests/k8s) -----------------------------------------
+if [ -f deploy/tools/k8s_stack.py ] && [ "${TRAFFIC_SKIP_K8S_STACK:-0}" != "1" ]; then
+  .venv/bin/python deploy/tools/k8s_stack.py build
 fi
 say "ready"

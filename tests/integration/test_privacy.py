@@ -141,8 +141,9 @@ def test_the_annotator_blurs_the_persons_the_detector_finds(model: Path, tmp_pat
     """bus.jpg has people in front of a bus: each detected person's box ends up smooth, the bus keeps its detail."""
     import cv2
 
-    from aggregator.annotate import VideoAnnotator
-    from aggregator.offline import FrameResult
+    from offline.annotate import VideoAnnotator
+    from offline.count import FrameResult
+    from traffic.detections import Detections
     from traffic.site import load_site
     from workers.detector import Detector, DetectorSettings
 
@@ -154,7 +155,7 @@ def test_the_annotator_blurs_the_persons_the_detector_finds(model: Path, tmp_pat
     persons = [d for d in found if d.label == "person"]
     assert len(persons) >= 2, found
     _, camera = load_site(Path(__file__).resolve().parents[2] / "deploy" / "sites" / "intersection-demo.yaml").camera("cam-demo")
-    out = VideoAnnotator(tmp_path / "a.mp4", camera, 10).draw(FrameResult(0, 0, image, [], [], tuple(found)))
+    out = VideoAnnotator(tmp_path / "a.mp4", camera, 10).draw(FrameResult(0, 0, image, Detections.empty(), [], tuple(found)))
     gray_in, gray_out = (cv2.cvtColor(i, cv2.COLOR_BGR2GRAY).astype(np.float32) for i in (image, out))
     for d in persons:
         x1, y1, x2, y2 = d.box

@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from aggregator.annotate import VideoAnnotator
-from aggregator.offline import FrameResult
+from offline.annotate import VideoAnnotator
+from offline.count import FrameResult
+from traffic.detections import Detections
 from traffic.anonymize import blur_regions, person_boxes
 from traffic.site import load_site
 from traffic.wire import Detection
@@ -63,7 +64,7 @@ def test_person_boxes_picks_persons_only() -> None:
 
 
 def _frame(image: np.ndarray, detections: tuple) -> FrameResult:
-    return FrameResult(seq=0, capture_ms=0, image=image, tracked=[], crossings=[], detections=detections)
+    return FrameResult(seq=0, capture_ms=0, image=image, tracked=Detections.empty(), crossings=[], detections=detections)
 
 
 def test_the_annotator_blurs_a_persons_box_by_default_and_not_when_asked(tmp_path: Path) -> None:

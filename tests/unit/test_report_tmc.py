@@ -11,7 +11,7 @@ from datetime import timedelta, timezone
 
 import pytest
 
-from aggregator.report import (
+from offline.report import (
     PEAK_BIN_S,
     bin_events,
     bin_start_ms,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from aggregator import checkpoint
 from aggregator.counting import CameraCounter
 from aggregator.sessions import Held, SessionGate
+from traffic.site import TrackerConfig
 from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
 
 
@@ -38,6 +39,23 @@ def test_round_trip_continues_exactly_where_it_stopped(busy_counter: CameraCount
     assert [c.event_id for e in rest for c in a.update(e)] == [c.event_id for e in rest for c in b.update(e)]
     assert b.pending == a.pending
 
+
+
+def test_a_counter_at_the_default_tracker_round_trips() -> None:
+    """The default tracker binds its buffered-IoU association with functools.partial: the
+    allow-list must load it, or every restart of a camera on a default site starts afresh."""
+    site = synthetic_site()
+    tracker = site.counting.tracker.model_copy(update={"buffer": TrackerConfig().buffer})
+    site = site.model_copy(update={"counting": site.counting.model_copy(update={"tracker": tracker})})
+    assert tracker.buffer > 0
+    events = synthetic_stream(per_movement=1, site=site).events
+    counter = CameraCounter(site, CAMERA)
+    for e in events[:120]:
+        counter.update(e)
+    snapshot, _ = checkpoint.decode(CAMERA, checkpoint.encode(CAMERA, counter.snapshot(), SessionGate()))
+    restored = CameraCounter.restore(site, CAMERA, snapshot)
+    rest = events[120:]
+    assert [c.event_id for e in rest for c in restored.update(e)] == [c.event_id for e in rest for c in counter.update(e)]
 
 def test_compression_keeps_a_dense_checkpoint_small() -> None:
     counter = CameraCounter(synthetic_site(), CAMERA)

@@ -19,8 +19,11 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 BOX_W, BOX_H = 0.1, 0.08
 
 
-def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float = 1.0) -> Site:
-    """A horizontal line at y=0.5 (in = downwards) and two zones: top (north) and bottom (south)."""
+def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float = 1.0, reach: float = 0.12) -> Site:
+    """A horizontal line at y=0.5 (in = downwards) and two zones: top (north) and bottom (south).
+
+    ``reach`` 0.12 (the default is longer): the cases below place tracks 0.05 and 0.15 from a zone.
+    """
     return parse_site(
         {
             "intersections": [{"id": "x1", "cameras": [{
@@ -31,7 +34,7 @@ def small_site(count: str = "both", hysteresis: float = 0.01, timeout_s: float =
                     {"id": "south", "compass": "south", "polygon": [[0, 0.75], [1, 0.75], [1, 1], [0, 1]]},
                 ],
             }]}],
-            "counting": {"classes": ["car", "truck"], "track_timeout_s": timeout_s, "line_hysteresis": hysteresis},
+            "counting": {"classes": ["car", "truck"], "track_timeout_s": timeout_s, "line_hysteresis": hysteresis, "reach": reach},
         }
     )  # fmt: skip
 
@@ -78,11 +81,13 @@ STOP_AND_GO = straight(0.1, 0.49) + [(0.5, 0.5 + d) for d in (0.004, -0.006, 0.0
         ("in", straight(0.9, 0.1), [("movement", "south>north:through")]),  # line counts only "in": the out crossing is ignored
         ("out", straight(0.1, 0.9), [("movement", "north>south:through")]),  # line counts only "out"
         ("both", STOP_AND_GO, [("line", "southbound"), ("movement", "north>south:through")]),  # stop-and-go on the line: once
-        ("both", straight(0.1, 0.6) + straight(0.6, 0.4)[1:] + straight(0.4, 0.6)[1:], [("line", "southbound")]),  # back and forth: once per track and line; never reaches a second zone
+        ("both", straight(0.1, 0.6) + straight(0.6, 0.4)[1:] + straight(0.4, 0.6)[1:], [("line", "southbound")]),  # back and forth: once per track and line; ends farther than `reach` from any zone
         ("both", straight(0.1, 0.4) + straight(0.4, 0.1)[1:], [("movement", "north>north:u-turn")]),  # leaves its zone and comes back: u-turn
         ("both", straight(0.1, 0.2, step=0.005), []),  # stays in its entry zone: no movement, no line
-        ("both", straight(0.3, 0.7), [("line", "southbound")]),  # appears and vanishes between the zones: line only
-        ("both", straight(0.5, 0.9), []),  # first seen on the line, ends in one zone: nothing
+        ("both", straight(0.3, 0.7), [("line", "southbound"), ("movement", "north>south:through")]),  # first seen just past the north zone, lost just before the south zone: extended along its heading (within `reach`)
+        ("both", straight(0.4, 0.6), [("line", "southbound")]),  # seen only in the middle, farther than `reach` from both zones: line only
+        ("both", straight(0.5, 0.9), [("line", "southbound")]),  # first seen on the line, moving away: it was crossing (line_birth_margin)
+        ("both", straight(0.58, 0.9), []),  # first seen 0.08 past the line (beyond the 0.06 birth margin): not counted
     ],
 )
 def test_single_vehicle(count: str, path: list[tuple[float, float] | None], expected: list[tuple[str, str]]) -> None:
@@ -91,17 +96,17 @@ def test_single_vehicle(count: str, path: list[tuple[float, float] | None], expe
     assert counter.active_tracks == 0
 
 
-def test_movement_is_decided_when_leaving_the_exit_zone_and_uses_capture_time() -> None:
-    # drives through north -> south zone and on out of every zone (a zone at the bottom edge but a long road)
+def test_movement_is_decided_when_the_track_ends_and_carries_its_last_capture_time() -> None:
+    # drives through the north and south zones; decided only once the track is over (its whole path is known)
     site = small_site()
     counter = CameraCounter(site, "cam")
     events = events_for([straight(0.1, 0.9)])
     crossings = [c for e in events for c in counter.update(e)]
     movements = [c for c in crossings if c.kind == "movement"]
-    assert movements == []  # still in its exit zone at the last frame: not decided yet
+    assert movements == []  # still seen at the last frame: not decided yet
     later = DetectionEvent(camera="cam", intersection="x1", session="s", seq=len(events), capture_ms=events[-1].capture_ms + 1500, model="m", width=640, height=480)
     decided = counter.update(later)  # 1.5 s of capture time later > track_timeout_s = 1: the track ended
-    assert [(c.kind, c.movement, c.time_ms) for c in decided] == [("movement", "through", later.capture_ms)]
+    assert [(c.kind, c.movement, c.time_ms) for c in decided] == [("movement", "through", events[-1].capture_ms)]
     assert decided[0].event_id == "cam:s:1:north>south"
 
 
@@ -151,11 +156,9 @@ def processed_seqs(order: list[int], limit: int = 3) -> tuple[list[int], int]:
     """Feed seqs in `order` to a counter; return the seqs it processed (in order) and its duplicates."""
     counter = CameraCounter(small_site(), "cam", reorder_limit=limit)
     seen: list[int] = []
-    real = counter._process  # observe the processing order (no behaviour change)
-    counter._process = lambda e: (seen.append(e.seq), real(e))[1]  # type: ignore[method-assign]
     events = {e.seq: e for e in events_for([[None] * 20])}
     for seq in order:
-        counter.update(events[seq])
+        counter.update(events[seq], observer=lambda event, tracked, crossings: seen.append(event.seq))
     return seen, counter.duplicates
 
 
@@ -261,5 +264,18 @@ def test_end_of_session_marker_ends_the_tracks_in_seq_order() -> None:
     out += counter.update(marker)  # ahead of the last frame: held
     assert [c.kind for c in out] == ["line"]
     decided = counter.update(events[-1])
-    assert [(c.kind, c.time_ms) for c in decided] == [("movement", marker.capture_ms)]
+    assert [(c.kind, c.time_ms) for c in decided] == [("movement", events[-1].capture_ms)]  # the time it was last seen
     assert counter.active_tracks == 0
+
+
+def test_a_restored_snapshot_counts_on_exactly_like_an_uninterrupted_counter() -> None:
+    # the default tracker (buffered IoU) must pickle with the checkpoint; the restored counter keeps ids and sides
+    site = synthetic_site(tracker={"buffer": 0.6, "match_thresh": 0.9})
+    events = synthetic_stream(per_movement=1, spacing_frames=10, site=site).events
+    straight_through = run(CameraCounter(site, CAMERA), events)
+    first = CameraCounter(site, CAMERA)
+    half = len(events) // 2
+    out = [c for e in events[:half] for c in first.update(e)]
+    second = CameraCounter.restore(site, CAMERA, first.snapshot())
+    out += run(second, events[half:])
+    assert out == straight_through and len(out) > 10

@@ -1,7 +1,7 @@
 """Turning-movement report of an offline count: interval binning, CSV layout, peak hour and PHF.
 
 Pure arithmetic on :class:`traffic.wire.CrossingEvent` s; no video, no model, no broker. The
-``traffic count`` command (``aggregator.offline``) feeds it the crossings the counting core
+``traffic count`` command (``offline.count``) feeds it the crossings the counting core
 produced and writes the two outputs described in ``docs/count.md``:
 
 * a JSON result (counts per line, direction and class; per movement and class; per interval;

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from aggregator.offline import FrameResult
+from offline.count import FrameResult
 from traffic.anonymize import blur_regions, person_boxes
 from traffic.site import Camera
 
@@ -52,9 +52,10 @@ class VideoAnnotator:
 
     def draw(self, frame: FrameResult) -> np.ndarray:
         """A copy of the frame, persons blurred, with zones, lines (arrow to the ``in`` side), tracked boxes and counts drawn on it."""
+        assert frame.image is not None, "annotation needs the frames (not cached detections)"
         image = frame.image.copy()
         if self.blur_persons:
-            blur_regions(image, person_boxes([*frame.detections, *frame.tracked]), inplace=True)
+            blur_regions(image, person_boxes(frame.detections), inplace=True)  # the wire's normalized boxes
         h, w = image.shape[:2]
         for approach in self.camera.approaches:
             pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
@@ -69,10 +70,11 @@ class VideoAnnotator:
             normal = normal / (np.linalg.norm(normal) or 1) * 15
             cv2.arrowedLine(image, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _LINE, 1)  # the "in" side
             cv2.putText(image, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, 0.45, _LINE, 1)
-        for obj in frame.tracked:
-            x1, y1, x2, y2 = obj.box
-            cv2.rectangle(image, (int(x1 * w), int(y1 * h)), (int(x2 * w), int(y2 * h)), _BOX, 1)
-            cv2.putText(image, f"#{obj.track_id} {obj.label}", (int(x1 * w), max(10, int(y1 * h) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BOX, 1)
+        tracked = frame.tracked
+        ids = tracked.tracker_id if tracked.tracker_id is not None else [0] * len(tracked)
+        for (x1, y1, x2, y2), track_id, label in zip(tracked.xyxy, ids, tracked.class_name):
+            cv2.rectangle(image, (int(x1), int(y1)), (int(x2), int(y2)), _BOX, 1)
+            cv2.putText(image, f"#{track_id} {label}", (int(x1), max(10, int(y1) - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BOX, 1)
         rows = [f"{k}: {v}" for k, v in sorted(self.lines.items())] + [f"{k}: {v}" for k, v in sorted(self.movements.items())]
         for i, text in enumerate(rows[:14]):
             cv2.putText(image, text, (6, 16 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1)

@@ -1,13 +1,14 @@
 """Count a recorded video in one process, with exactly the streaming pipeline's code path.
 
-    ingest.sampler.sample_file ─> ingest.encoder.JpegEncoder (resize, JPEG) ─> workers.decode ─>
-    workers.detector.Detector ─> DetectionEvent per frame ─> aggregator.counting.CameraCounter
-    ─> ... and one end-of-session event, as the ingester sends at the end of a file
+    ingest.sampler.sample_file -> ingest.encoder.JpegEncoder (resize, JPEG)      the ingester's steps
+    -> workers.decode.decode_jpeg -> workers.detector.Detector
+    -> workers.events.detection_event (one per frame, then the end-of-session event)  the worker's
+    -> aggregator.counting.CameraCounter                                          the aggregator's
 
-Each step is the function the services call (the ingester samples and encodes, a worker decodes
-and detects, the aggregator counts), in the same order and with the same settings from the site
-file, so ``traffic count`` and the streaming pipeline give identical counts for the same frames.
-The JPEG round trip is kept on purpose: the detector must see the pixels a worker sees.
+Each step is the function the services call, in the same order and with the same settings from
+the site file, so ``traffic count`` and the streaming pipeline give identical counts for the same
+frames. The JPEG round trip is kept on purpose: the detector must see the pixels a worker sees.
+This module is the composition layer: it imports the services, they never import it.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from aggregator.counting import CameraCounter, TrackedObject
+from aggregator.counting import CameraCounter
 from ingest.encoder import JpegEncoder
 from ingest.sampler import SampledFrame, sample_file
 from ingest.sources import SourceError
+from traffic.detections import Detections
 from traffic.errors import BadInput, ConfigError
 from traffic.site import Camera, Site
-from traffic.wire import CrossingEvent, DetectionEvent
+from traffic.wire import CrossingEvent, DetectionEvent, FrameHeaders
 from workers.decode import decode_jpeg
 from workers.detector import Detector, DetectorSettings
+from workers.events import detection_event, end_of_session_headers
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +50,20 @@ class VideoError(BadInput):
 
 @dataclass
 class FrameResult:
-    """What one processed frame gave: for the annotator and the progress display."""
+    """What one processed frame gave: for the annotator and the progress display.
+
+    Attributes:
+        seq: the frame's seq in the session.
+        capture_ms: its capture time.
+        image: the frame as the worker decoded it (BGR), or None when counting from cached detections.
+        tracked: the tracker's output for the frame (pixels, with ``tracker_id``).
+        crossings: what the frame let the counter decide.
+    """
 
     seq: int
     capture_ms: int
-    image: np.ndarray
-    tracked: list[TrackedObject]
+    image: np.ndarray | None
+    tracked: Detections
     crossings: list[CrossingEvent]
     detections: tuple = ()  # the frame's detections, all classes (the annotator blurs the persons among them)
 
@@ -105,6 +116,79 @@ def probe_video(path: Path) -> tuple[int, float, int, int]:
     return frames, fps, width, height
 
 
+# -- the steps ------------------------------------------------------------------------------------
+def worker_frames(video: Path, camera: Camera, rate: float, start_ms: int = 0) -> Iterator[SampledFrame]:
+    """The frames a worker decodes for this file: sampled at ``rate``, resized, JPEG round-tripped.
+
+    Read ahead in a thread (OpenCV releases the GIL), so decoding overlaps the model.
+    """
+    try:
+        frames = sample_file(video, rate, start_ms)
+    except SourceError as exc:
+        raise VideoError(f"video {video}: {exc}") from None
+    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality)
+    with _Prefetch(_round_trip(frames, encoder)) as decoded:
+        yield from decoded
+
+
+def detect_events(
+    frames: Iterable[SampledFrame], detector: Detector, camera: str, intersection: str, session: str = OFFLINE_SESSION,
+    batch_size: int = 8,
+) -> Iterator[tuple[DetectionEvent, np.ndarray | None]]:  # fmt: skip
+    """(event, image) per frame as the worker publishes it, then the end-of-session event (image None)."""
+    batch: list[tuple[FrameHeaders, np.ndarray]] = []
+    last: FrameHeaders | None = None
+    seq = 0
+    for frame in frames:
+        height, width = frame.image.shape[:2]
+        batch.append((FrameHeaders(camera, intersection, session, seq, frame.capture_ms, width, height), frame.image))
+        seq += 1
+        if len(batch) >= batch_size:
+            yield from _detect_batch(detector, batch)
+            last = batch[-1][0]
+            batch = []
+    if batch:
+        yield from _detect_batch(detector, batch)
+        last = batch[-1][0]
+    if last is None:
+        return
+    yield detection_event(end_of_session_headers(last), detector.model_name, (), None), None
+
+
+def _detect_batch(detector: Detector, batch: list[tuple[FrameHeaders, np.ndarray]]) -> Iterator[tuple[DetectionEvent, np.ndarray]]:
+    found = detector.detect([image for _, image in batch])
+    for (headers, image), detections in zip(batch, found):
+        yield detection_event(headers, detector.model_name, detections, None), image
+
+
+def count_events(
+    events: Iterable[tuple[DetectionEvent, np.ndarray | None]], site: Site, camera_id: str,
+    on_frame: Callable[[FrameResult], None] | None = None,
+) -> OfflineResult:  # fmt: skip
+    """Feed the events to the aggregator's counter, in order, as the streaming app does."""
+    counter = CameraCounter(site, camera_id)
+    result = OfflineResult()
+    images: dict[int, np.ndarray | None] = {}
+    last: DetectionEvent | None = None
+
+    def observe(event: DetectionEvent, tracked: Detections, crossings: list[CrossingEvent]) -> None:
+        if on_frame is not None and not event.end_of_session:
+            on_frame(FrameResult(event.seq, event.capture_ms, images.pop(event.seq, None), tracked, crossings, event.detections))
+
+    for event, image in events:
+        if not event.end_of_session:
+            result.frames += 1
+            last = event
+            if on_frame is not None:
+                images[event.seq] = image
+        result.crossings += counter.update(event, observe)
+    if last is None:
+        raise VideoError("no frame could be decoded")
+    result.model = last.model
+    result.end_ms = last.capture_ms
+    return result
+
+
 def count_video(
     video: Path,
     site: Site,
@@ -129,46 +213,17 @@ def count_video(
     check_geometry(camera)
     _, file_fps, _, _ = probe_video(video)
     rate = fps or camera.fps
-    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality)
     model = Detector(detector)
-    counter = CameraCounter(site, camera_id)
-    result = OfflineResult(start_ms=start_ms, model=model.model_name)
     started = time.monotonic()
-    batch: list[tuple[int, np.ndarray]] = []
-    last: DetectionEvent | None = None
-
-    def flush() -> None:
-        nonlocal last
-        found = model.detect([image for _, image in batch])
-        for (capture_ms, image), detections in zip(batch, found):
-            event = DetectionEvent(
-                camera=camera_id, intersection=intersection.id, session=OFFLINE_SESSION, seq=result.frames,
-                capture_ms=capture_ms, model=model.model_name, width=image.shape[1], height=image.shape[0], detections=detections,
-            )  # fmt: skip
-            crossings = counter.update(event)
-            result.crossings += crossings
-            result.frames += 1
-            last = event
-            if on_frame is not None:
-                on_frame(FrameResult(event.seq, capture_ms, image, counter.last_tracked, crossings, event.detections))
-        batch.clear()
-
+    frames = worker_frames(video, camera, rate, start_ms)
     try:
-        frames = sample_file(video, rate, start_ms)
-    except SourceError as exc:
+        events = detect_events(frames, model, camera_id, intersection.id, batch_size=detector.batch_size)
+        result = count_events(events, site, camera_id, on_frame)
+    except VideoError as exc:
         raise VideoError(f"video {video}: {exc}") from None
-    with _Prefetch(_round_trip(frames, encoder)) as decoded:
-        for capture_ms, image in decoded:
-            batch.append((capture_ms, image))
-            if len(batch) >= detector.batch_size:
-                flush()
-    if batch:
-        flush()
-    if last is None:
-        raise VideoError(f"video {video}: no frame could be decoded")
-    end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "inference_ms": None})
-    result.crossings += counter.update(end)  # what the ingester's end-of-session marker does in the pipeline
-    result.end_ms = last.capture_ms + round(1000 / min(rate, file_fps))  # the last frame stands for one frame period
+    result.start_ms = start_ms
+    result.model = model.model_name
+    result.end_ms += round(1000 / min(rate, file_fps))  # the last frame stands for one frame period
     result.wall_s = time.monotonic() - started
     log.info(
         "video counted",
@@ -178,11 +233,11 @@ def count_video(
     return result
 
 
-def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[tuple[int, np.ndarray]]:
-    """(capture ms, image) as a worker sees it: the ingester's resize + JPEG, then the worker's decode."""
+def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[SampledFrame]:
+    """The frames as a worker sees them: the ingester's resize + JPEG, then the worker's decode."""
     try:
         for frame in frames:
-            yield frame.capture_ms, decode_jpeg(encoder.encode(frame.image).jpeg)
+            yield SampledFrame(frame.frame_index, frame.capture_ms, decode_jpeg(encoder.encode(frame.image).jpeg))
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
@@ -200,13 +255,13 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, items: Iterator[tuple[int, np.ndarray]], depth: int = PREFETCH_FRAMES) -> None:
+    def __init__(self, items: Iterator[SampledFrame], depth: int = PREFETCH_FRAMES) -> None:
         self._items = items
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="count-prefetch", daemon=True)
 
-    def __enter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def __enter__(self) -> Iterator[SampledFrame]:
         self._thread.start()
         return self._consume()
 
@@ -233,7 +288,7 @@ class _Prefetch:
             if close is not None:
                 close()  # releases the video capture
 
-    def _consume(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _consume(self) -> Iterator[SampledFrame]:
         while True:
             item = self._queue.get()
             if item is self._END:
