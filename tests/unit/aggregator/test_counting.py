@@ -87,7 +87,7 @@ STOP_AND_GO = straight(0.1, 0.49) + [(0.5, 0.5 + d) for d in (0.004, -0.006, 0.0
         ("both", straight(0.3, 0.7), [("line", "southbound"), ("movement", "north>south:through")]),  # first seen just past the north zone, lost just before the south zone: extended along its heading (within `reach`)
         ("both", straight(0.4, 0.6), [("line", "southbound")]),  # seen only in the middle, farther than `reach` from both zones: line only
         ("both", straight(0.5, 0.9), [("line", "southbound")]),  # first seen on the line, moving away: it was crossing (line_birth_margin)
-        ("both", straight(0.58, 0.9), []),  # first seen 0.08 past the line (beyond the 0.06 birth margin): not counted
+        ("both", straight(0.62, 0.9), []),  # first seen 0.12 past the line (beyond the 0.1 birth margin): not counted
     ],
 )
 def test_single_vehicle(count: str, path: list[tuple[float, float] | None], expected: list[tuple[str, str]]) -> None:
