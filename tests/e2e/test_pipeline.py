@@ -182,7 +182,8 @@ def test_prometheus_scrapes_the_services_and_dashboard_queries_return_data(
         }).start()  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a few vehicles were counted, while the ingester still runs
-            if prometheus.query("sum(traffic_vehicles_total)") and time.monotonic() - pipeline.started > 15:
+            # increase() needs two scrapes of a series: wait for it, not for the first vehicle alone
+            if prometheus.query("sum(increase(traffic_vehicles_total[5m]))") and time.monotonic() - pipeline.started > 15:
                 break
             time.sleep(1)
         assert set(prometheus.targets_up().values()) == {"up"}
