@@ -11,6 +11,9 @@ occlusion before reaching it), so a missing end is found along the direction of 
        +---------+  back along the first heading     along the last heading
                     (at most ``reach`` away)          (at most ``reach`` away)
 
+Where the heading at an end points to no zone (a box growing out of an occlusion bends the first
+heading), the direction of the whole way, start to end, stands in for it.
+
 A track that hardly moved (``min_travel``) makes no movement: parked cars and queues that never
 leave do not become u-turns. A u-turn (entry = exit) also needs the track to have gone at least
 ``uturn_depth`` away from where it started.
@@ -151,7 +154,10 @@ def decide(state: TrackState, zones: Sequence[Zone], rules: MovementRules) -> tu
 def _behind(state: TrackState, zones: Sequence[Zone], rules: MovementRules) -> str | None:
     """The zone it came from: back along its first heading from where it started moving."""
     hx, hy = _heading(state.head, rules.min_travel / 2)
-    return zone_ahead(state.start.point, (-hx, -hy), zones, rules.reach)
+    found = zone_ahead(state.start.point, (-hx, -hy), zones, rules.reach)
+    if found is None:  # first heading bent by a box growing out of an occlusion: the whole way's direction
+        found = zone_ahead(state.start.point, (state.start.x - state.end.x, state.start.y - state.end.y), zones, rules.reach)
+    return found
 
 
 def _ahead(state: TrackState, zones: Sequence[Zone], rules: MovementRules) -> str | None:
@@ -166,4 +172,7 @@ def _ahead(state: TrackState, zones: Sequence[Zone], rules: MovementRules) -> st
         hx, hy = state.end.x - state.start.x, state.end.y - state.start.y
         return zone_ahead(state.end.point, (hx, hy), zones, rules.reach)
     hx, hy = _heading(tail[::-1], step)  # from the end backwards: the reverse of the last heading
-    return zone_ahead(state.end.point, (-hx, -hy), zones, rules.reach)
+    found = zone_ahead(state.end.point, (-hx, -hy), zones, rules.reach)
+    if found is None:
+        found = zone_ahead(state.end.point, (state.end.x - state.start.x, state.end.y - state.start.y), zones, rules.reach)
+    return found

@@ -22,6 +22,12 @@ def _detector_default(name: str) -> object:
     return next(f.default for f in fields(DetectorSettings) if f.name == name)
 
 
+def _add_model_arguments(p: argparse.ArgumentParser, *, conf: bool = True) -> None:
+    """--model (and --conf) with the workers' defaults, so every offline command detects as a worker does."""
+    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", "yolo26n.pt"), help="Ultralytics model name or path [env TRAFFIC_WORKER_MODEL; default yolo26n.pt]")
+    if conf:
+        p.add_argument("--conf", type=float, default=_detector_default("conf"), help=f"detector confidence threshold (default {_detector_default('conf')}, the workers' default)")
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``count``, ``eval`` and ``label`` subcommands."""
     p = sub.add_parser(
@@ -37,11 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("video", help="the recorded video file")
     p.add_argument("--site", required=True, help="site YAML with the camera's lines and approach zones")
     p.add_argument("--camera", required=True, help="camera id in the site file that recorded the video")
-    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", "yolo26n.pt"), help="Ultralytics model name or path [env TRAFFIC_WORKER_MODEL; default yolo26n.pt]")
+    _add_model_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA")
     p.add_argument("--fps", type=float, default=None, help="sampling rate (default: the camera's fps in the site file)")
-    p.add_argument("--conf", type=float, default=_detector_default("conf"), help=f"detector confidence threshold (default {_detector_default('conf')}, the workers' default)")
     p.add_argument("--batch-size", type=int, default=_detector_default("batch_size"), help=f"frames per model call (default {_detector_default('batch_size')})")
     p.add_argument("--start", default=None, help="wall-clock time of the first frame, ISO 8601 (e.g. 2024-05-14T07:00:00+02:00); default 1970-01-01T00:00Z")
     p.add_argument("--interval-min", type=float, default=15.0, help="report interval in minutes (default 15; the peak hour always uses 15-minute bins)")
@@ -64,8 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("truth", nargs="+", help="truth files (*.truth.yaml) or folders holding them")
-    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", "yolo26n.pt"), help="Ultralytics model name or path [env TRAFFIC_WORKER_MODEL; default yolo26n.pt]")
-    p.add_argument("--conf", type=float, default=_detector_default("conf"), help=f"detector confidence threshold (default {_detector_default('conf')}, the workers' default)")
+    _add_model_arguments(p)
     p.add_argument("--fps", type=float, default=None, help="sampling rate for every recording (default: each camera's fps in its site file)")
     p.add_argument("--no-peer", action="store_true", help="do not run the peer (faster)")
     p.add_argument("--out", default=None, help="output folder for eval.json, eval.md and the findings sheets (default runs/eval-<time>)")
@@ -87,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("video", help="the recording")
     p.add_argument("--site", required=True, help="site YAML with the camera's lines and approach zones")
     p.add_argument("--camera", required=True, help="camera id in the site file")
-    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", "yolo26n.pt"), help="Ultralytics model name or path")
+    _add_model_arguments(p, conf=False)
     p.add_argument("--fps", type=float, default=None, help="sampling rate of the candidate count (default: every frame of the file)")
     p.add_argument("--truth", default=None, help="an existing truth file: its records are marked on the pictures too")
     p.add_argument("--out", required=True, help="output folder")

@@ -118,18 +118,25 @@ class Detections:
         return (self.xyxy[:, 2] - self.xyxy[:, 0]).clip(0) * (self.xyxy[:, 3] - self.xyxy[:, 1]).clip(0)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of xyxy boxes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
+def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) areas of the intersections of xyxy boxes (0 where they do not meet)."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clip(0)
-    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).clip(0)
-    union = area_a[:, None] + area_b[None, :] - inter
+    return (x2 - x1).clip(0) * (y2 - y1).clip(0)
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clip(0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection over union of xyxy boxes."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    inter = _intersections(a, b)
+    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
@@ -137,10 +144,5 @@ def box_ioa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) intersection over the area of ``a``: how much of each ``a`` box lies in each ``b`` box."""
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clip(0)
-    return np.where(area_a[:, None] > 0, inter / np.where(area_a[:, None] > 0, area_a[:, None], 1.0), 0.0)
+    area_a = _areas(a)[:, None]
+    return np.where(area_a > 0, _intersections(a, b) / np.where(area_a > 0, area_a, 1.0), 0.0)

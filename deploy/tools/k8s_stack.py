@@ -40,26 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools_cache import read_env_file  # deploy/tools/ is this script's folder
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = REPO_ROOT / "deploy" / "tools" / "k8s-stack.env"
 TOOLS_PINS_FILE = REPO_ROOT / "deploy" / "tools" / "versions.env"
 BUILD_HINT = "run `python deploy/tools/k8s_stack.py build` (deploy/local/setup.sh does)"
 # Bumped when the recipe below changes in a way the pins do not show.
 RECIPE = 1
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parses NAME=value lines, ignoring blanks and # comments."""
-    values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"{path}: not NAME=value: {raw!r}")
-        values[name.strip()] = value.strip()
-    return values
 
 
 def pins() -> dict[str, str]:

@@ -90,6 +90,9 @@ RULES = MovementRules(min_travel=0.08, uturn_depth=0.2, reach=0.12)
         (line_of((0.5, 0.1), (0.5, 0.9)), ("north", "south")),  # zone to zone
         (line_of((0.5, 0.28), (0.5, 0.9)), ("north", "south")),  # first seen 0.08 past the north zone: back along its heading
         (line_of((0.5, 0.4), (0.5, 0.9)), None),  # first seen 0.2 past it: farther than reach, entry unknown
+        # first seen 0.08 past the north zone, its box growing sideways out of an occlusion: the first heading points
+        # nowhere (east), the whole way's direction back to the north zone
+        (line_of((0.5, 0.28), (0.56, 0.29), n=6) + line_of((0.56, 0.29), (0.56, 0.9))[1:], ("north", "south")),
         (line_of((0.5, 0.1), (0.5, 0.5)) + line_of((0.5, 0.5), (0.92, 0.5))[1:], ("north", "east")),  # a turn
         ([(0.5, 0.1)] * 10 + [(0.51, 0.11), (0.5, 0.1)] * 5, None),  # parked in a zone, jittering: no motion
         (line_of((0.5, 0.1), (0.5, 0.16)), None),  # moved, but less than min_travel
