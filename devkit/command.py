@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site", default=None, help="site YAML (default: deploy/sites/intersection-demo.yaml)")
     p.add_argument("--camera", default=None, help="camera id of the site to feed (default: the first camera)")
     p.add_argument("--workers", type=int, default=1, help="number of worker processes (default 1)")
+    p.add_argument("--ingesters", type=int, default=1, help="ingest replicas sharing the cameras through the ingest group (default 1)")
+    p.add_argument("--cameras", type=int, default=1, help="copies of the demo camera, one intersection each, served as RTSP mounts (default 1)")
     p.add_argument("--model", default=None, help="Ultralytics model name or path (default: the shared YOLO11n OpenVINO model)")
     p.add_argument("--duration-s", type=float, default=0.0, help="stop ingesting after this many seconds (default: the whole video, once)")
     p.add_argument("--fast", action="store_true", help="read the file as fast as possible instead of at its own frame rate")

@@ -5,7 +5,9 @@
 
 Every child runs in its own process group (``kill -9`` of a worker in tests is real) and is
 configured only through the environment, exactly as in Kubernetes. Progress is read from the
-topics' end offsets and the services' ``/metrics``.
+topics' end offsets and the services' ``/metrics``. With ``ingesters > 1`` (or ``group``) the
+cameras are read by an ingest group (:class:`devkit.ingest_group.IngestGroup`) instead of one
+ingester.
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ class Child:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=10)
+
+    def wait(self, timeout_s: float = 30.0) -> None:
+        """Wait for the process to end by itself (SIGKILL it after ``timeout_s``); idempotent.
+
+        Why not :meth:`terminate` after a SIGTERM already sent: a second SIGTERM can arrive after
+        Python restored the default handler at exit and kill a process that was ending cleanly.
+        """
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        if not self._log.closed:
+            self._log.close()
 
     def terminate(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the group, SIGKILL it after ``timeout_s``; idempotent."""
@@ -143,6 +158,13 @@ class PipelineConfig:
     kafka: KafkaSettings | None = None  # the operator's connection (topics, progress); default: bootstrap + TRAFFIC_KAFKA_* env
     principals: dict[str, KafkaSettings] | None = None  # "ingest" / "worker" / "aggregator" -> that service's own connection
     least_privilege: bool = False  # SASL broker: each service its own SCRAM user with the KafkaUser ACLs (devkit.acls)
+    ingesters: int = 1
+    group: bool = False  # read the cameras through an ingest group even with one ingester
+    sources: dict[str, str] | None = None  # camera -> source for several cameras (default: camera -> source)
+    ingest_env: dict[str, str] | None = None  # more TRAFFIC_INGEST_* settings (e.g. a short session timeout)
+
+    def camera_sources(self) -> dict[str, str]:
+        return dict(self.sources) if self.sources else {self.camera: self.source}
 
 
 class LocalPipeline:
@@ -162,6 +184,7 @@ class LocalPipeline:
         self.ports = {"ingest": free_port(), "aggregator": free_port()}
         self.worker_ports = [free_port() for _ in range(cfg.workers)]
         self.children: dict[str, Child] = {}
+        self.ingest_group = None  # devkit.ingest_group.IngestGroup when cfg.ingesters > 1 or cfg.group
         self.counts: CountsReader | None = None
         self.started = time.monotonic()
         self._argv = [sys.executable, "-m", "traffic.cli"]
@@ -178,7 +201,8 @@ class LocalPipeline:
         """Default topic, group and app names -> this run's (to rename the KafkaUser ACLs, devkit.acls)."""
         defaults = TopicSettings.model_construct().model_dump()  # no environment: the documented defaults
         names = {str(defaults[f]): str(getattr(self.topics, f)) for f in ("frames", "detections", "crossings", "counts", "dlq", "frames_dlq")}
-        return {**names, "traffic-workers": f"run-{self.run_id}-workers", "traffic-aggregator": f"run-{self.run_id}-aggregator"}
+        return {**names, "traffic-workers": f"run-{self.run_id}-workers", "traffic-aggregator": f"run-{self.run_id}-aggregator",
+                "traffic-ingest": f"run-{self.run_id}-ingest", "traffic.ingest-assignment": f"run-{self.run_id}.ingest-assignment"}
 
     def role_env(self, role: str) -> dict[str, str]:
         """``TRAFFIC_KAFKA_*`` of the service ``role`` when it has its own principal."""
@@ -200,6 +224,7 @@ class LocalPipeline:
             "TRAFFIC_AGGREGATOR_DATA_DIR": str(self.cfg.out_dir / "aggregator-data"),
             "TRAFFIC_AGGREGATOR_APP_ID": f"run-{self.run_id}-aggregator",
             "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": str(self.cfg.idle_close_s),
+            "TRAFFIC_AGGREGATOR_SITE_CONFIG": str(self.cfg.site),  # it does not read TRAFFIC_SITE_CONFIG
         }, self.cfg.out_dir)  # fmt: skip
         for n in range(self.cfg.workers):
             self.start_worker(n)
@@ -219,15 +244,50 @@ class LocalPipeline:
         return child
 
     def start_ingest(self) -> Child:
-        """Start the ingester on the configured source; it exits at the end of a file."""
-        child = Child("ingest", self._argv + ["ingest"], {
-            **self.env, **self.role_env("ingest"), "TRAFFIC_INGEST_METRICS_PORT": str(self.ports["ingest"]), "TRAFFIC_INGEST_CAMERAS": self.cfg.camera,
-            "TRAFFIC_INGEST_SOURCES": f"{self.cfg.camera}={self.cfg.source}",
+        """Start the ingester(s) on the configured sources; an ingester exits at the end of a file.
+
+        Several ingesters (``cfg.ingesters``) form an ingest group that shares the cameras; the
+        first replica is returned.
+        """
+        sources = self.cfg.camera_sources()
+        env = {
+            **self.env, **self.role_env("ingest"), "TRAFFIC_INGEST_CAMERAS": ",".join(sources),
+            "TRAFFIC_INGEST_SOURCES": ",".join(f"{camera}={url}" for camera, url in sources.items()),
             "TRAFFIC_INGEST_REALTIME": "true" if self.cfg.realtime else "false", "TRAFFIC_INGEST_LOOP": "false",
-        }, self.cfg.out_dir)  # fmt: skip
-        self.children["ingest"] = child
+            **(self.cfg.ingest_env or {}),
+        }  # fmt: skip
         self.started = time.monotonic()
+        if self.cfg.ingesters > 1 or self.cfg.group:
+            from devkit.ingest_group import IngestGroup
+
+            env.update({"TRAFFIC_INGEST_GROUP_ID": f"run-{self.run_id}-ingest",
+                        "TRAFFIC_INGEST_ASSIGNMENT_TOPIC": f"run-{self.run_id}.ingest-assignment",
+                        "TRAFFIC_INGEST_ASSIGNMENT_PARTITIONS": str(max(16, 4 * len(sources)))})  # fmt: skip
+            self.ingest_group = IngestGroup(env, self.cfg.out_dir)
+            for _ in range(self.cfg.ingesters):
+                replica = self.ingest_group.start()
+                self.children[replica.name] = replica.child
+            return next(iter(self.ingest_group.replicas.values())).child
+        child = Child("ingest", self._argv + ["ingest"], {**env, "TRAFFIC_INGEST_METRICS_PORT": str(self.ports["ingest"])}, self.cfg.out_dir)
+        self.children["ingest"] = child
         return child
+
+    def ingest_children(self) -> list[Child]:
+        """Every ingester started (one, or the replicas of the ingest group)."""
+        if self.ingest_group is not None:
+            return [r.child for r in self.ingest_group.replicas.values()]
+        return [self.children["ingest"]] if "ingest" in self.children else []
+
+    def ingest_alive(self) -> bool:
+        return any(child.alive() for child in self.ingest_children())
+
+    def stop_ingest(self) -> None:
+        """End the cameras' streams (SIGTERM: every session ends with its end-of-session marker)."""
+        if self.ingest_group is not None:
+            self.ingest_group.stop()
+        else:
+            for child in self.ingest_children():
+                child.terminate()
 
     def wait_ready(self, ports: list[int], timeout_s: float) -> None:
         """Wait for ``/readyz`` of each port; fail early when a child exits."""
@@ -245,8 +305,9 @@ class LocalPipeline:
 
     def check_children(self) -> None:
         """Raise when a long-running service died (the ingester may end on its own)."""
+        ingesters = set(map(id, self.ingest_children()))
         for name, child in self.children.items():
-            if name != "ingest" and not child.alive():
+            if id(child) not in ingesters and not child.alive():
                 raise TrafficError(f"{name} exited with code {child.proc.returncode}:\n{child.tail()}")
 
     # -- progress ----------------------------------------------------------------------------
@@ -272,8 +333,7 @@ class LocalPipeline:
     def settled(self, stats: dict[str, float]) -> bool:
         """True once the ingester ended, every frame has an event, all were aggregated and windows closed."""
         assert self.counts is not None
-        ingest = self.children.get("ingest")
-        if ingest is None or ingest.alive() or stats["published"] == 0:
+        if not self.ingest_children() or self.ingest_alive() or stats["published"] == 0:
             return False
         every_frame = stats["detected"] >= stats["published"]
         aggregated = stats["aggregated"] + stats["duplicates"] >= stats["detected"]
@@ -303,7 +363,8 @@ class LocalPipeline:
 
     def stop(self) -> None:
         """Stop every child (ingester first, aggregator last)."""
-        order = ["ingest"] + [n for n in self.children if n.startswith("worker")] + ["aggregator"]
+        self.stop_ingest()
+        order = [n for n in self.children if n.startswith("worker")] + ["aggregator"]
         for name in order:
             if name in self.children:
                 self.children[name].terminate()

@@ -11,6 +11,14 @@ Typical use::
         cap = cv2.VideoCapture(cam.url, cv2.CAP_FFMPEG)
 
 ``kill()`` then ``start()`` simulates a camera outage and its return on the same URL.
+
+Several cameras from one server process (one port, one mount each)::
+
+    with SimulatedCamera(video, mounts=[f"/cam{i}" for i in range(12)]) as cams:
+        cams.urls   # rtsp://127.0.0.1:PORT/cam0 ... /cam11
+
+:func:`small_video` makes a cheap copy of a sample (smaller frames, lower rate) for tests that run
+many cameras on a small machine.
 """
 
 from __future__ import annotations
@@ -122,8 +130,39 @@ def _pump(stream: IO[str] | None, lines: queue.Queue[str | None] | None, tail: d
         lines.put(None)
 
 
+def small_video(video: Path, out_dir: Path, width: int = 320, height: int = 240, fps: int = 10) -> Path:
+    """An H.264 MP4 copy of ``video`` scaled to ``width`` x ``height`` at ``fps``, made once and cached.
+
+    Why: decoding is what a camera costs the ingester, at the camera's own rate; a dozen cameras
+    of the 640x480, 30 fps sample would take a third of a core before anything else runs.
+    Uses GStreamer's ``gst-launch-1.0`` with OpenH264 (``deploy/rtsp/install-deps.sh`` installs both).
+
+    Raises:
+        SimulatedCameraError: GStreamer cannot transcode (tools or plugins missing).
+    """
+    out = Path(out_dir) / f"{video.stem}-{width}x{height}-{fps}fps.mp4"
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part.mp4")
+    pipeline = (
+        f"filesrc location={video} ! qtdemux ! h264parse ! openh264dec ! videoconvert ! videoscale ! videorate ! "
+        f"video/x-raw,width={width},height={height},framerate={fps}/1 ! openh264enc gop-size={fps} ! h264parse ! "
+        f"mp4mux ! filesink location={tmp}"
+    )
+    try:
+        proc = subprocess.run(["gst-launch-1.0", "-q", *pipeline.split()], capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SimulatedCameraError(f"cannot run gst-launch-1.0 to make a small copy of {video.name}: {exc}; {INSTALL_HINT}") from None
+    if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SimulatedCameraError(f"gst-launch-1.0 could not transcode {video.name} ({tail}); {INSTALL_HINT}")
+    tmp.replace(out)
+    return out
+
+
 class SimulatedCamera:
-    """A looping RTSP camera on loopback, served from a video file by a child process.
+    """Looping RTSP cameras on loopback, served from a video file by a child process (one mount each).
 
     Why: ingest tests and the demo need a real RTSP endpoint (real network, real H.264 over RTP)
     that can be started, killed and restarted on the same URL to exercise reconnect logic.
@@ -133,7 +172,8 @@ class SimulatedCamera:
         host: address the server binds and the URL uses (loopback by default).
         port: TCP port; ``None`` until the first ``start()`` when none was given, then the port the
             server actually bound, so a later ``start()`` comes back on the same URL.
-        mount: RTSP mount point, e.g. ``/cam1``.
+        mounts: RTSP mount points, e.g. ``["/cam1"]``; one camera each.
+        mount: the first mount point.
         user: basic-auth user name, or ``None`` for no authentication.
         password: basic-auth password.
         loop: whether the server loops the file forever (default) or plays it once per client.
@@ -149,6 +189,7 @@ class SimulatedCamera:
         *,
         host: str = "127.0.0.1",
         loop: bool = True,
+        mounts: list[str] | None = None,
     ) -> None:
         """Describe the camera; nothing runs until ``start()``.
 
@@ -156,6 +197,7 @@ class SimulatedCamera:
             video: H.264 MP4 file to serve (read in place, never copied).
             port: TCP port, or ``None`` to let the kernel pick a free one at start.
             mount: mount point; a missing leading slash is added.
+            mounts: several mount points instead of ``mount`` (several cameras, one server).
             user: basic-auth user, or ``None`` for an open camera.
             password: basic-auth password; required exactly when ``user`` is given.
             host: address to bind and to put in the URL.
@@ -168,7 +210,10 @@ class SimulatedCamera:
             raise ValueError("user and password go together")
         self.video = Path(video)
         self.port = port
-        self.mount = mount if mount.startswith("/") else "/" + mount
+        self.mounts = [m if m.startswith("/") else "/" + m for m in (mounts or [mount])]
+        if not self.mounts or len(set(self.mounts)) != len(self.mounts):
+            raise ValueError("mount points must be given and differ")
+        self.mount = self.mounts[0]
         self.user = user
         self.password = password
         self.host = host
@@ -181,18 +226,27 @@ class SimulatedCamera:
 
     @property
     def url(self) -> str:
-        """The camera's RTSP URL, with ``user:password@`` when authentication is on.
+        """The (first) camera's RTSP URL, with ``user:password@`` when authentication is on.
 
         Raises:
             SimulatedCameraError: the port is not known yet (never started and no port given).
         """
+        return self.url_of(self.mount)
+
+    @property
+    def urls(self) -> list[str]:
+        """One URL per mount, in the order of ``mounts``."""
+        return [self.url_of(m) for m in self.mounts]
+
+    def url_of(self, mount: str) -> str:
+        """The URL of one mount point."""
         if self.port is None:
             raise SimulatedCameraError("the camera has no port yet: call start() first")
         auth = ""
         if self.user is not None and self.password is not None:
             auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"rtsp://{auth}{host}:{self.port}{self.mount}"
+        return f"rtsp://{auth}{host}:{self.port}{mount}"
 
     @property
     def running(self) -> bool:
@@ -248,7 +302,7 @@ class SimulatedCamera:
             str(SERVER_SCRIPT),
             "--video", str(self.video),
             "--port", str(self.port if self.port is not None else 0),
-            "--mount", self.mount,
+            *[arg for mount in self.mounts for arg in ("--mount", mount)],
             "--host", self.host,
             "--loop" if self.loop else "--no-loop",
         ]  # fmt: skip
@@ -288,7 +342,7 @@ class SimulatedCamera:
                     return f"GStreamer RTSP bindings missing for {SYSTEM_PYTHON}; {INSTALL_HINT}{self._tail()}"
                 return f"simulated camera exited with code {rc} before READY{self._tail()}"
             if line.startswith("READY "):
-                port = urlsplit(line.split(" ", 1)[1].strip()).port
+                port = urlsplit(line.split()[1]).port
                 if port is None:
                     _terminate_group(proc, 1.0)
                     return f"unparsable READY line from simulated camera: {line!r}"
@@ -350,5 +404,6 @@ class SimulatedCamera:
 
     def __repr__(self) -> str:
         """Show where the camera is, never its password."""
-        where = f"{self.host}:{self.port}{self.mount}" if self.port is not None else f"{self.host}:?{self.mount}"
+        mounts = self.mount if len(self.mounts) == 1 else f"{self.mount} (+{len(self.mounts) - 1})"
+        where = f"{self.host}:{self.port}{mounts}" if self.port is not None else f"{self.host}:?{mounts}"
         return f"SimulatedCamera({str(self.video)!r}, {where}, running={self.running}, auth={self.user is not None})"

@@ -14,6 +14,13 @@ a session as ended when a new one starts).
 At most ``max_unacked_frames`` per camera wait for acknowledgement; beyond that frames stay in the
 bounded buffer, so a broker outage costs bounded memory. While the broker is unreachable at start
 the producer is re-created with backoff; ``/readyz`` reports ``kafka`` not ready meanwhile.
+
+Cameras come and go at run time (the ingest group moves them between replicas): each
+:meth:`FramePublisher.add_camera` opens a fresh :class:`CameraQueue`, :meth:`FramePublisher.drain`
+waits until its last frame is acknowledged and :meth:`FramePublisher.close_camera` closes it, after
+which nothing more of that camera is handed to the producer. ``permit`` is asked before every
+hand-over: while it says no (this replica's group lease has run out) nothing is sent at all, and
+:meth:`FramePublisher.abort_unsent` throws away what the producer has not sent yet.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -115,8 +123,14 @@ class OutgoingFrame:
     end: bool = False  # the session's end-of-session marker (empty value), see traffic.wire.FrameHeaders
 
 
-@dataclass
-class _CameraQueue:
+@dataclass(eq=False)
+class CameraQueue:
+    """One camera's buffer and sequence state while this replica holds it; closed when it lets go.
+
+    A camera that comes back later gets a new queue, so a straggling thread of the old hold can
+    never put frames into the new one.
+    """
+
     camera: str
     buffer: DropOldestBuffer[OutgoingFrame]
     lossless: bool = False
@@ -127,7 +141,13 @@ class _CameraQueue:
     broken: bool = False
     unacked: int = 0
     handed: int = 0
+    closed: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing waiting for acknowledgement."""
+        return not len(self.buffer) and self.unacked <= 0
 
 
 class FramePublisher:
@@ -144,14 +164,17 @@ class FramePublisher:
         settings: IngestSettings,
         metrics: IngestMetrics,
         health: Health,
+        permit: Callable[[], bool] = lambda: True,
     ) -> None:
         self._kafka = kafka
         self._topic = topic
         self._settings = settings
         self._metrics = metrics
         self._health = health
-        self._queues: dict[str, _CameraQueue] = {}
+        self._permit = permit
+        self._queues: dict[str, CameraQueue] = {}
         self._lock = threading.Lock()
+        self._abort = threading.Event()
         self._work = threading.Event()
         self._closing = threading.Event()
         self._stopped = threading.Event()
@@ -160,14 +183,27 @@ class FramePublisher:
         self._warned_send = False
 
     # -- camera side ---------------------------------------------------------------------------
-    def add_camera(self, camera: str, lossless: bool = False) -> None:
-        """Create the buffer of ``camera``; call before ``start()``. ``lossless``: block instead of dropping."""
-        self._queues[camera] = _CameraQueue(camera, DropOldestBuffer(self._settings.buffer_frames), lossless=lossless)
+    def add_camera(self, camera: str, lossless: bool = False) -> CameraQueue:
+        """Open a fresh queue for ``camera`` (any time); ``lossless``: block instead of dropping.
 
-    def submit(self, frame: OutgoingFrame, stop: threading.Event | None = None) -> None:
-        """Queue a frame for sending (drop-oldest, or blocking in lossless mode until ``stop``)."""
-        queue = self._queues[frame.camera]
-        if queue.done.is_set() and not frame.end:
+        The camera's previous queue, if still open, is closed first (its frames are dropped).
+        """
+        queue = CameraQueue(camera, DropOldestBuffer(self._settings.buffer_frames), lossless=lossless)
+        with self._lock:
+            old = self._queues.get(camera)
+            self._queues[camera] = queue
+        if old is not None and not old.closed:
+            self._close(old)
+        return queue
+
+    def submit(self, frame: OutgoingFrame, stop: threading.Event | None = None, queue: CameraQueue | None = None) -> None:
+        """Queue a frame for sending (drop-oldest, or blocking in lossless mode until ``stop``).
+
+        ``queue`` is the handle :meth:`add_camera` returned (default: the camera's current queue);
+        frames for a closed queue are ignored.
+        """
+        queue = queue if queue is not None else self._queues[frame.camera]
+        if queue.closed or (queue.done.is_set() and not frame.end):
             return
         dropped = queue.buffer.put(frame, block=queue.lossless, stop=stop or self._closing)
         if dropped:
@@ -177,6 +213,42 @@ class FramePublisher:
     def camera_done(self, camera: str) -> bool:
         """True once ``max_frames`` frames of ``camera`` were handed to the producer."""
         return self._queues[camera].done.is_set()
+
+    def drain(self, queue: CameraQueue, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until everything of ``queue`` was sent and acknowledged (or failed)."""
+        deadline = time.monotonic() + timeout_s
+        self._work.set()
+        while not queue.idle:
+            if time.monotonic() >= deadline or self._stopped.is_set():
+                return queue.idle
+            time.sleep(0.01)
+        return True
+
+    def close_camera(self, queue: CameraQueue) -> int:
+        """Close ``queue``: nothing more of it is handed to the producer. Returns the frames dropped.
+
+        Frames already handed over are not recalled (their acknowledgements still count).
+        """
+        with self._lock:
+            if self._queues.get(queue.camera) is queue:
+                del self._queues[queue.camera]
+        return self._close(queue)
+
+    def _close(self, queue: CameraQueue) -> int:
+        queue.closed = True
+        left = queue.buffer.clear()
+        if left:
+            self._metrics.dropped(queue.camera, "released", left)
+        return left
+
+    def abort_unsent(self) -> None:
+        """Throw away everything the producer has not sent yet and start a new producer.
+
+        Why: when this replica's group lease ends, frames still waiting inside the producer (or
+        being retried) must not reach the topic after another replica took the camera over.
+        """
+        self._abort.set()
+        self._work.set()
 
     def pending(self) -> int:
         """Frames queued or waiting for acknowledgement, all cameras."""
@@ -218,11 +290,13 @@ class FramePublisher:
             except KafkaError:
                 pass  # unacknowledged frames are counted below
             producer.close(timeout=max(0.5, deadline - time.monotonic()))
-        for queue in self._queues.values():
+        with self._lock:
+            queues = list(self._queues.values())
+        for queue in queues:
             left = queue.buffer.clear()
             if left:
                 self._metrics.dropped(queue.camera, "shutdown", left)
-        log.info("publisher closed", extra={"unacked": sum(q.unacked for q in self._queues.values())})
+        log.info("publisher closed", extra={"unacked": sum(q.unacked for q in queues)})
 
     # -- sender thread -------------------------------------------------------------------------
     def _connect(self) -> KafkaProducer | None:
@@ -260,9 +334,14 @@ class FramePublisher:
                     break
                 self._producer = producer
                 backoff.reset()
+            if self._abort.is_set():
+                self._abort_producer()
+                continue
             self._work.clear()  # before looking at the queues: a submit from now on wakes the wait below
             sent = 0
-            for queue in list(self._queues.values()):
+            with self._lock:
+                queues = list(self._queues.values())
+            for queue in queues:
                 if self._stopped.is_set():
                     break
                 sent += self._send_one(queue)
@@ -273,9 +352,27 @@ class FramePublisher:
             else:
                 backoff.reset()
 
-    def _send_one(self, queue: _CameraQueue) -> int:
+    def _abort_producer(self) -> None:
+        """Close the producer at once (unsent batches fail), in the sender thread that owns it."""
+        self._abort.clear()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # KafkaProducer.close() flushes first, i.e. would *send* what is pending; the sender's
+            # force_close (kafka-python 3.0) stops it without sending and fails the unsent batches.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None and hasattr(sender, "force_close"):
+                sender.force_close()
+            try:
+                producer.close(timeout=0)
+            except KafkaError:
+                pass
+            log.warning("unsent frames discarded; producer restarted", extra={"topic": self._topic})
+
+    def _send_one(self, queue: CameraQueue) -> int:
         """Hand at most one frame of ``queue`` to the producer: 1 sent, 0 nothing to do, -1 failed."""
         max_frames = self._settings.max_frames
+        if queue.closed or not self._permit():
+            return 0
         with self._lock:
             if queue.unacked >= self._settings.max_unacked_frames:
                 return 0
@@ -319,7 +416,7 @@ class FramePublisher:
         future.add_errback(self._on_error, queue, headers.session, headers.seq)
         return 1
 
-    def _on_ack(self, queue: _CameraQueue, size: int, started: float, marker: bool, _metadata: Any) -> None:
+    def _on_ack(self, queue: CameraQueue, size: int, started: float, marker: bool, _metadata: Any) -> None:
         camera = queue.camera
         if not marker:  # the end-of-session marker is not a frame
             self._metrics.frames_published.labels(camera).inc()
@@ -330,7 +427,7 @@ class FramePublisher:
         self._health.set("kafka", True)
         self._work.set()
 
-    def _on_error(self, queue: _CameraQueue, session: str, seq: int, exc: BaseException) -> None:
+    def _on_error(self, queue: CameraQueue, session: str, seq: int, exc: BaseException) -> None:
         self._metrics.dropped(queue.camera, "publish_failed")
         with self._lock:
             queue.unacked -= 1

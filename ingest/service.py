@@ -15,9 +15,17 @@ Every successful open starts a new *session* (12 hex chars) whose frames are num
 the publisher; a file that loops starts a new session per pass. SIGTERM (:meth:`IngestService.stop`)
 stops reading at once and gives the publisher ``shutdown_deadline_s`` to flush what is queued.
 
+Which cameras this process reads: with ``assignment=static`` every camera of the site (or
+``cameras``), from start to end; with ``assignment=group`` the ones the ingest group gives it
+(:mod:`ingest.membership`), which can change at any time through :meth:`IngestService.hold` and
+:meth:`IngestService.release` - a released camera ends its session with an end-of-session marker
+that the broker has acknowledged before the camera may start on another replica.
+
 Readiness (``/readyz``): ``kafka`` - the producer reached the broker and the last send or
 acknowledgement succeeded; ``cameras`` - at least one camera is streaming or has finished its
-file. Liveness (``/healthz``): the supervising loop beats every 0.5 s.
+file (in group mode also: this replica holds no camera yet); ``assignment`` (group mode) - the
+replica's membership of the group is confirmed. Liveness (``/healthz``): the supervising loop
+beats every 0.5 s.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from prometheus_client import CollectorRegistry
 from ingest.backoff import Backoff
 from ingest.encoder import JpegEncoder
 from ingest.metrics import IngestMetrics
-from ingest.publisher import FramePublisher, OutgoingFrame
+from ingest.publisher import CameraQueue, FramePublisher, OutgoingFrame
 from ingest.reader import FrameReader, LatestFrame
 from ingest.sampler import sample_file, sample_live
 from ingest.settings import IngestSettings
@@ -104,24 +112,39 @@ class CameraRunner(threading.Thread):
         settings: IngestSettings,
         publisher: FramePublisher,
         metrics: IngestMetrics,
-        stop: threading.Event,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(name=f"camera-{plan.camera}", daemon=True)
         self.plan = plan
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
-        self._stop_event = stop
+        self._stop_event = stop if stop is not None else threading.Event()
+        self.end_marker = True  # end the last session with a marker (not when fenced: the camera may be elsewhere already)
+        self.queue: CameraQueue = publisher.add_camera(plan.camera, lossless=self.lossless)
         self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality)
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.state = CameraState.CONNECTING
         self.sessions = 0
+        self.opening = False
         self._log = {"camera": plan.camera, "source": describe_source(plan.url)}
 
     @property
     def lossless(self) -> bool:
         """Files played as fast as possible lose no frame (blocking hand-over instead of dropping)."""
         return not self.plan.live and not self._settings.realtime
+
+    def stop(self, end_marker: bool = True) -> None:
+        """Stop reading soon (within one frame); ``end_marker``: end the session with its marker."""
+        self.end_marker = self.end_marker and end_marker
+        self._stop_event.set()
+
+    def quiet(self) -> bool:
+        """True once this runner can hand nothing more to the publisher: ended, or stuck in an open."""
+        return not self.is_alive() or self.opening
+
+    def _done(self) -> bool:
+        return self.queue.done.is_set() or self.queue.closed
 
     def _set_state(self, state: CameraState) -> None:
         if state != self.state:
@@ -134,7 +157,7 @@ class CameraRunner(threading.Thread):
     def run(self) -> None:
         attempt = 0
         try:
-            while not self._stop_event.is_set() and not self._publisher.camera_done(self.plan.camera):
+            while not self._stop_event.is_set() and not self._done():
                 self._set_state(CameraState.CONNECTING)
                 if attempt:
                     self._metrics.reconnects.labels(self.plan.camera).inc()
@@ -159,10 +182,16 @@ class CameraRunner(threading.Thread):
         """One connection: open, stream until it ends. Returns stopped / done / eof / a failure reason."""
         plan, settings, camera = self.plan, self._settings, self.plan.camera
         read = self._metrics.frames_read.labels(camera).inc
+        self.opening = True  # an open cannot be interrupted (up to open_timeout_ms); nothing is published meanwhile
         try:
             source = open_source(plan.url, settings.open_timeout_ms, settings.read_timeout_ms)
         except SourceError as exc:
             return str(exc)
+        finally:
+            self.opening = False
+        if self._stop_event.is_set():  # released while opening: never start the session
+            source.release()
+            return "stopped"
         start_ms = int(time.time() * 1000)
         start_mono = time.monotonic()
         if source.live:
@@ -193,7 +222,7 @@ class CameraRunner(threading.Thread):
             while not outcome:
                 if self._stop_event.is_set():
                     outcome = "stopped"
-                elif self._publisher.camera_done(camera):
+                elif self._done():
                     outcome = "done"
                 else:
                     frame = slot.take(0.1)
@@ -205,10 +234,12 @@ class CameraRunner(threading.Thread):
                         outcome = f"stream lost: {reader.error}" if reader.error else "eof"
         finally:
             reader_stop.set()
-            reader.join(timeout=settings.read_timeout_ms / 1000 + 1)
-            if last is not None:  # whatever ended the session, say so in the stream (never blocks)
+            # a reconnect must wait for the old capture to be released; a stop only needs the reader
+            # to go (it releases the capture itself at its next frame, or at the read timeout)
+            reader.join(timeout=0.5 if self._stop_event.is_set() else settings.read_timeout_ms / 1000 + 1)
+            if last is not None and self.end_marker:  # whatever ended the session, say so in the stream (never blocks)
                 end = OutgoingFrame(camera, plan.intersection, session, last.capture_ms, last.width, last.height, b"", end=True)
-                self._publisher.submit(end)
+                self._publisher.submit(end, queue=self.queue)
         if outcome.startswith("stream lost"):
             log.warning("camera stream lost", extra={**self._log, "session": session, "error": str(reader.error)})
         return outcome
@@ -223,12 +254,12 @@ class CameraRunner(threading.Thread):
             log.warning("frame not encodable", extra={"camera": camera, "error": str(exc)})
             return None
         frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg)
-        self._publisher.submit(frame, stop=self._stop_event)
+        self._publisher.submit(frame, stop=self._stop_event, queue=self.queue)
         return frame
 
 
 class IngestService:
-    """Runs every planned camera and the publisher, serves metrics and health, stops cleanly.
+    """Runs the cameras this process holds and the publisher, serves metrics and health, stops cleanly.
 
     Args:
         settings: ingest settings.
@@ -249,35 +280,122 @@ class IngestService:
         self.settings = settings
         site = site if site is not None else load_site(Path(settings.site_path()))
         self.plans = plan_cameras(site, settings)
+        self._plans = {p.camera: p for p in self.plans}
         clients.check(kafka)  # servers, SASL credentials, CA file: a ConfigError now, not in the sender thread later
-        self.metrics = IngestMetrics(registry)
-        self.health = Health(checks=("kafka", "cameras"), stall_s=60.0)
+        self.ingester = settings.ingester_name()
+        self.metrics = IngestMetrics(registry, ingester=self.ingester)
+        self.group = settings.assignment == "group"
+        checks = ("kafka", "cameras", "assignment") if self.group else ("kafka", "cameras")
+        self.health = Health(checks=checks, stall_s=60.0)
         self._stop = threading.Event()
-        self.publisher = FramePublisher(kafka, topics.frames, settings, self.metrics, self.health)
-        self.runners: list[CameraRunner] = []
+        self._lock = threading.RLock()  # hold / release / held, from the membership and IO threads
+        self.runners: dict[str, CameraRunner] = {}  # the cameras held now
+        self._retired: list[CameraRunner] = []  # released, but a thread may still sit in an open
+        self.sessions: dict[str, int] = {}  # sessions per camera over the life of the process (logged at the end)
+        self.membership = None
+        if self.group:
+            from ingest.membership import CameraMembership
+
+            self.membership = CameraMembership(settings, kafka, self._plans, self, self.metrics, self.health)
+        permit = self.membership.may_publish if self.membership is not None else (lambda: True)
+        self.publisher = FramePublisher(kafka, topics.frames, settings, self.metrics, self.health, permit=permit)
         for plan in self.plans:
-            runner = CameraRunner(plan, settings, self.publisher, self.metrics, self._stop)
             self.metrics.add_camera(plan.camera)
-            self.publisher.add_camera(plan.camera, lossless=runner.lossless)
-            self.runners.append(runner)
         self.server = HealthServer(self.health, settings.metrics_port, registry=self.metrics.registry)
 
+    # -- which cameras this process reads ---------------------------------------------------------
+    def held(self) -> set[str]:
+        """Cameras held now (being read, or reconnecting)."""
+        with self._lock:
+            return set(self.runners)
+
+    def hold(self, cameras: set[str]) -> None:
+        """Start reading ``cameras`` (those not held yet), each in a new session."""
+        with self._lock:
+            for camera in sorted(set(cameras) - set(self.runners)):
+                runner = CameraRunner(self._plans[camera], self.settings, self.publisher, self.metrics)
+                self.runners[camera] = runner
+                runner.start()
+
+    def release(self, cameras: set[str], flush: bool) -> None:
+        """Stop ``cameras``; with ``flush`` end each session with its marker and wait until the broker has them.
+
+        Bounded by ``release_timeout_ms`` for all of them together. Whatever is still queued then is
+        dropped (``released``), and from here on nothing more of these cameras is handed to the producer.
+        """
+        with self._lock:
+            runners = [self.runners.pop(c) for c in sorted(cameras) if c in self.runners]
+            if not runners:
+                return
+            deadline = time.monotonic() + self.settings.release_timeout_ms / 1000
+            for runner in runners:
+                runner.stop(end_marker=flush)
+            # a streaming runner ends its session within a frame (end marker queued); one blocked in
+            # an open is not waited for: it publishes nothing and exits when the open returns. Fenced
+            # (no flush): nothing is waited for, closing the queues is what stops the frames.
+            while flush and not all(r.quiet() for r in runners) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            unacknowledged = []
+            for runner in runners:
+                camera = runner.plan.camera
+                self.sessions[camera] = self.sessions.get(camera, 0) + runner.sessions
+                acknowledged = flush and runner.quiet() and self.publisher.drain(runner.queue, max(0.0, deadline - time.monotonic()))
+                self.publisher.close_camera(runner.queue)
+                if runner.is_alive():
+                    self._retired.append(runner)
+                if flush and not acknowledged and runner.queue.unacked > 0:
+                    unacknowledged.append(camera)
+            if unacknowledged:
+                # A slow broker: the frames already handed over are still on their way (aborting them would
+                # break every other camera's session too); if they land after the next owner's first frame,
+                # the aggregator drops them as frames of an ended session.
+                log.warning("cameras released before the broker acknowledged their last frames", extra={"cameras": unacknowledged})
+            if not flush:
+                # fenced (lease ended, membership lost): this replica may be cut off, and retries of frames
+                # inside the producer could land long after the next owner's; throw them away
+                self.publisher.abort_unsent()
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the service to stop (safe from a signal handler): stop reading, then flush."""
         self._stop.set()
 
     def run(self) -> int:
-        """Serve until every camera has finished (files, ``max_frames``) or :meth:`stop`; 0 on a clean end."""
+        """Serve until stopped, or (static assignment) until every camera has finished; 0 on a clean end.
+
+        Raises:
+            ConfigError: the ingest group cannot work with these settings (e.g. the assignment
+                topic has another partition count).
+        """
         self.server.start()
         self.publisher.start()
-        for runner in self.runners:
-            runner.start()
-        log.info("ingest started", extra={"cameras": [p.camera for p in self.plans], "realtime": self.settings.realtime})
+        if self.membership is not None:
+            self.membership.start()
+        else:
+            self.hold(set(self._plans))
+        log.info(
+            "ingest started",
+            extra={"cameras": list(self._plans), "realtime": self.settings.realtime, "assignment": self.settings.assignment,
+                   "ingester": self.ingester},
+        )  # fmt: skip
         try:
-            while not self._stop.is_set() and any(r.is_alive() for r in self.runners):
+            while not self._stop.is_set():
                 self.health.beat()
-                states = {r.state for r in self.runners}
-                ok = CameraState.STREAMING in states or all(s == CameraState.FINISHED for s in states)
+                with self._lock:
+                    runners = list(self.runners.values())
+                if self.membership is None:
+                    if not any(r.is_alive() for r in runners):
+                        break
+                    self.metrics.held({r.plan.camera for r in runners})
+                elif self.membership.error is not None:
+                    raise self.membership.error
+                elif not self.membership.is_alive():
+                    raise RuntimeError("the ingest group membership thread ended")
+                states = {r.state for r in runners}
+                if not states:
+                    ok = self.group  # a replica the group has given nothing (yet) is a ready stand-by
+                else:
+                    ok = CameraState.STREAMING in states or all(s == CameraState.FINISHED for s in states)
                 self.health.set("cameras", ok, "no camera is streaming")
                 self._stop.wait(0.5)
         finally:
@@ -285,11 +403,28 @@ class IngestService:
         return 0
 
     def shutdown(self) -> None:
-        """Stop the cameras, flush the publisher within ``shutdown_deadline_s``, stop the HTTP server."""
+        """Stop the cameras (group: release them, then leave the group), flush the publisher within
+        ``shutdown_deadline_s``, stop the HTTP server."""
         self._stop.set()
         deadline = time.monotonic() + self.settings.shutdown_deadline_s
-        for runner in self.runners:
+        if self.membership is not None:
+            self.membership.stop()
+            if self.membership.is_alive():
+                self.membership.join(timeout=max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            runners = list(self.runners.values())
+            retired, self._retired = [r for r in self._retired if r.is_alive()], []
+        for runner in runners:
+            runner.stop()
+        for runner in runners:
             runner.join(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.publisher.close(max(0.5, deadline - time.monotonic()))
+        # a thread still inside an OpenCV open when the interpreter exits aborts the process: let the
+        # opens end (they time out by themselves after open_timeout_ms)
+        for runner in [*runners, *retired]:
+            runner.join(timeout=max(0.0, deadline - time.monotonic()))
         self.server.stop()
-        log.info("ingest stopped", extra={"sessions": {r.plan.camera: r.sessions for r in self.runners}})
+        with self._lock:
+            for runner in self.runners.values():
+                self.sessions[runner.plan.camera] = self.sessions.get(runner.plan.camera, 0) + runner.sessions
+        log.info("ingest stopped", extra={"sessions": self.sessions, "ingester": self.ingester})

@@ -8,8 +8,10 @@ lists every field with its environment variable.
 from __future__ import annotations
 
 import os
+import socket
+from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from traffic.errors import ConfigError
@@ -42,6 +44,43 @@ class IngestSettings(BaseSettings):
     delivery_timeout_ms: int = Field(default=120_000, gt=0, description="a frame not acknowledged within this time is dropped and its session closed (ms)")
     bootstrap_timeout_ms: int = Field(default=5_000, gt=0, description="each attempt to reach the broker at start waits this long (ms)")
 
+    # -- camera assignment across replicas (docs/ingest.md "Several replicas") -------------------
+    assignment: Literal["static", "group"] = Field(
+        default="static",
+        description="static: this process reads every camera of the site (or --cameras); group: replicas sharing --group-id "
+        "split the cameras between them, each camera read by exactly one of them",
+    )
+    group_id: str = Field(default="traffic-ingest", min_length=1, description="Kafka consumer group of the ingest replicas (assignment=group)")
+    assignment_topic: str = Field(
+        default="traffic.ingest-assignment", min_length=1,
+        description="topic whose partitions stand for the cameras (created if missing; nothing is written to it)",
+    )  # fmt: skip
+    assignment_partitions: int = Field(
+        default=256, ge=1, le=100_000,
+        description="partitions of the assignment topic; cameras hash onto them. Fixed for the life of the group; about the "
+        "number of cameras balances best",
+    )  # fmt: skip
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1_000,
+        description="a replica not heard from for this long is presumed dead and its cameras move (ms); the broker allows "
+        "6000..1800000 by default",
+    )  # fmt: skip
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100, description="heartbeats to the group coordinator (ms); at most a third of session_timeout_ms")
+    rebalance_timeout_ms: int = Field(
+        default=30_000, ge=1_000, description="time each replica gets to rejoin during a rebalance (kafka-python max_poll_interval_ms)"
+    )
+    lease_margin_ms: int = Field(
+        default=2_000, ge=0,
+        description="a replica stops its cameras this long before the coordinator could give them away, when it cannot "
+        "confirm its membership (ms)",
+    )  # fmt: skip
+    release_timeout_ms: int = Field(
+        default=10_000, ge=100,
+        description="a camera moving away: time to stop it and get its last frames and end-of-session marker acknowledged "
+        "(ms); heartbeats go on meanwhile",
+    )  # fmt: skip
+    name: str = Field(default="", description="this replica's name in metrics (label ingester) and logs; empty = the host name (the pod name on Kubernetes)")
+
     @field_validator("backoff_max_s")
     @classmethod
     def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
@@ -49,6 +88,22 @@ class IngestSettings(BaseSettings):
         if initial is not None and value < initial:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
         return value
+
+    @model_validator(mode="after")
+    def _group_timing(self) -> "IngestSettings":
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.rebalance_timeout_ms < self.session_timeout_ms:
+            raise ValueError("rebalance_timeout_ms must be >= session_timeout_ms")
+        if self.lease_margin_ms + 2 * self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("lease_margin_ms + 2 * heartbeat_interval_ms must be below session_timeout_ms (the lease would never last)")
+        if self.release_timeout_ms + self.lease_margin_ms >= self.rebalance_timeout_ms:
+            raise ValueError("release_timeout_ms + lease_margin_ms must be below rebalance_timeout_ms (a release must end within a rebalance)")
+        return self
+
+    def ingester_name(self) -> str:
+        """``name``, else ``HOSTNAME`` (the pod name on Kubernetes), else the host name."""
+        return self.name or os.environ.get("HOSTNAME") or socket.gethostname()
 
     def site_path(self) -> str:
         """The site file: ``site_config``, else ``TRAFFIC_SITE_CONFIG``; ConfigError if neither is set."""

@@ -5,7 +5,10 @@ Why one module: the traps of OpenCV capture live here and nowhere else (PITFALLS
 * timeouts are only honoured when passed *at open* (opencv#23207), so :func:`open_source` always
   passes ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``;
 * RTSP over UDP loses packets and stalls; ``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp``
-  must be in the environment before the open (opencv#27091); set here unless the operator set it;
+  must be in the environment before the open (opencv#27091); set here unless the operator set it,
+  with ``fpsprobesize;2``: FFmpeg otherwise reads frames for seconds at open to estimate the frame
+  rate (a 10 fps camera took 2.9 s to open, 1.0 s with it; files report the same fps either way),
+  and the open is most of the time a camera moved to another replica is dark;
 * a dead stream never comes back by itself (#24393): callers release and reopen.
 
 FFmpeg's and OpenCV's own log lines go to stderr outside our JSON logging and can name the URL;
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fpsprobesize;2")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 _OPERATOR_LOG_LEVEL = "OPENCV_LOG_LEVEL" in os.environ
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Simulated RTSP camera: serves an H.264 MP4 file over RTSP, looping forever.
+"""Simulated RTSP camera(s): serves an H.264 MP4 file over RTSP, looping forever, on one or more mounts.
 
 Why this exists: tests, the demo and docker-compose need a camera that behaves like a real one
 (an ``rtsp://`` URL that keeps delivering frames for as long as a client stays connected, and that
@@ -26,13 +26,17 @@ itself without the SEGMENT flag; that client then gets a normal end of stream af
 Runs under Debian's ``/usr/bin/python3`` (the ``gi`` bindings and GstRtspServer typelib come from
 apt, see ``install-deps.sh``), not inside the project's venv.
 
+Several cameras: give ``--mount`` more than once, or ``--cameras N`` for ``/cam1`` .. ``/camN``;
+every mount serves the same file, each client from its own pipeline (own position in the file).
+
 Usage::
 
     /usr/bin/python3 deploy/rtsp/simulated_camera.py --video /path/intersection.mp4 \\
-        --port 8554 --mount /cam1 [--host 127.0.0.1] [--no-loop] [--user U --password P]
+        --port 8554 --mount /cam1 [--mount /cam2 ...] [--cameras N] [--host 127.0.0.1] [--no-loop] [--user U --password P]
 
-Prints exactly one line ``READY rtsp://HOST:PORT/MOUNT`` (never with credentials) to stdout once
-it accepts connections; ``--port 0`` lets the kernel pick a free port, reported in that line.
+Prints exactly one line ``READY rtsp://HOST:PORT/MOUNT [rtsp://HOST:PORT/MOUNT2 ...]`` (never with
+credentials) to stdout once it accepts connections; ``--port 0`` lets the kernel pick a free port,
+reported in that line.
 Exits 0 on SIGTERM/SIGINT, 2 on bad arguments or an unusable video, 3 when gi/GStreamer is missing.
 """
 
@@ -170,12 +174,25 @@ def check_video(video: Path) -> None:
         sys.exit(2)
 
 
-def build_server(args: argparse.Namespace) -> tuple[GstRtspServer.RTSPServer, GstRtspServer.RTSPMediaFactory]:
-    """Create the server, its single mount and (optionally) basic authentication."""
+def build_server(args: argparse.Namespace) -> GstRtspServer.RTSPServer:
+    """Create the server, its mounts (one factory each) and (optionally) basic authentication."""
     server = GstRtspServer.RTSPServer()
     server.set_address(args.host)
     server.set_service(str(args.port))
 
+    if args.user is not None:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
+        server.set_auth(auth)
+    for mount in args.mount:
+        server.get_mount_points().add_factory(mount, build_factory(args))
+    return server
+
+
+def build_factory(args: argparse.Namespace) -> GstRtspServer.RTSPMediaFactory:
+    """One mount: the file, looping unless --no-loop, readable by the viewer role when auth is on."""
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         f"( filesrc location={gst_quote(str(args.video))} ! qtdemux name=demux ! h264parse ! "
@@ -187,19 +204,12 @@ def build_server(args: argparse.Namespace) -> tuple[GstRtspServer.RTSPServer, Gs
         factory.connect("media-configure", lambda _f, media: media.hide_duration())
 
     if args.user is not None:
-        auth = GstRtspServer.RTSPAuth()
-        token = GstRtspServer.RTSPToken()
-        token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password), token)
-        server.set_auth(auth)
         permissions = GstRtspServer.RTSPPermissions()
         permissions.add_role_from_structure(
             Gst.Structure.new_from_string("viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")
         )
         factory.set_permissions(permissions)
-
-    server.get_mount_points().add_factory(args.mount, factory)
-    return server, factory
+    return factory
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -207,14 +217,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve an H.264 MP4 as a looping RTSP camera.")
     p.add_argument("--video", required=True, type=Path, help="H.264 MP4 file to serve")
     p.add_argument("--port", type=int, default=8554, help="TCP port; 0 = any free port (default 8554)")
-    p.add_argument("--mount", default="/cam1", help="mount point, e.g. /cam1 (default /cam1)")
+    p.add_argument("--mount", action="append", default=None, help="mount point, e.g. /cam1; repeat for more cameras (default /cam1)")
+    p.add_argument("--cameras", type=int, default=None, help="serve N mounts /cam1 .. /camN (instead of --mount)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True, help="loop the video forever (default: loop)")
     p.add_argument("--user", default=None, help="require RTSP basic auth with this user name")
     p.add_argument("--password", default=None, help="password for --user")
     args = p.parse_args(argv)
-    if not args.mount.startswith("/"):
-        args.mount = "/" + args.mount
+    if args.cameras is not None:
+        if args.mount:
+            p.error("give --mount or --cameras, not both")
+        if not 1 <= args.cameras <= 1000:
+            p.error("--cameras must be 1..1000")
+        args.mount = [f"/cam{i}" for i in range(1, args.cameras + 1)]
+    args.mount = [m if m.startswith("/") else "/" + m for m in (args.mount or ["/cam1"])]
+    if len(set(args.mount)) != len(args.mount):
+        p.error("mount points must differ")
     if (args.user is None) != (args.password is None):
         p.error("--user and --password go together")
     if not 0 <= args.port <= 65535:
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_video(args.video)
 
-    server, _factory = build_server(args)
+    server = build_server(args)
     loop = GLib.MainLoop()
     try:
         source_id = server.attach(None)
@@ -261,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    print(f"READY rtsp://{host}:{port}{args.mount}", flush=True)
-    log(f"serving {args.video} (loop={args.loop}, auth={'on' if args.user else 'off'}, pid={os.getpid()})")
+    print("READY " + " ".join(f"rtsp://{host}:{port}{mount}" for mount in args.mount), flush=True)
+    log(f"serving {args.video} on {len(args.mount)} mount(s) (loop={args.loop}, auth={'on' if args.user else 'off'}, pid={os.getpid()})")
     loop.run()
     return 0
 

@@ -225,12 +225,20 @@ def test_cpu_overlays_need_no_gpu(objects_of, target):
     assert env_value(container(worker, "worker"), "TRAFFIC_WORKER_DEVICE") == "cpu"
 
 
-def test_ingest_and_aggregator_never_run_twice(objects_of):
-    """Two ingesters would publish every frame twice under different sessions;
-    two faust aggregators would rebalance their tables."""
+def test_ingest_scales_out_through_the_group_and_the_aggregator_never_runs_twice(objects_of):
+    """Ingest replicas share the cameras through the ingest group (each camera
+    read by one replica), so they may scale and roll; two faust aggregators
+    would rebalance their tables."""
     objs = objects_of("overlays/cpu")
     ingest = one(objs, "Deployment", "traffic-ingest")
-    assert ingest["spec"]["replicas"] == 1 and ingest["spec"]["strategy"]["type"] == "Recreate"
+    assert env_value(container(ingest, "ingest"), "TRAFFIC_INGEST_ASSIGNMENT") == "group"
+    assert "replicas" not in ingest["spec"], "the HorizontalPodAutoscaler owns the ingest replicas"
+    assert ingest["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    hpa = one(objs, "HorizontalPodAutoscaler", "traffic-ingest")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "traffic-ingest" and hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    pdb = one(objs, "PodDisruptionBudget", "traffic-ingest")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
     aggregator = one(objs, "StatefulSet", "traffic-aggregator")
     assert aggregator["spec"]["replicas"] == 1
 

@@ -147,3 +147,30 @@ def test_loops_past_end_of_file_and_accepts_late_clients(camera: SimulatedCamera
         assert ok, "first client lost its stream when a second one joined"
     finally:
         cap.release()
+
+
+def test_one_server_serves_several_cameras_with_auth_on_each(video: Path) -> None:
+    """--mount given several times: every mount is its own camera (own pipeline, own start of the file)."""
+    mounts = ["/cam-a", "/cam-b", "/cam-c"]
+    with SimulatedCamera(video, mounts=mounts, user="viewer", password="pw-31") as cam:
+        assert [u.rsplit("/", 1)[1] for u in cam.urls] == ["cam-a", "cam-b", "cam-c"]
+        assert len({u.rsplit("/", 1)[0] for u in cam.urls}) == 1  # one port
+        for url in cam.urls:
+            count, shapes = read_frames(url, 10, deadline_s=20)
+            assert count == 10 and shapes == {(HEIGHT, WIDTH, 3)}, url
+        assert read_frames(cam.urls[1].replace("viewer:pw-31@", ""), 1, deadline_s=15)[0] == 0  # auth on every mount
+        assert read_frames(cam.url_of("/cam-z"), 1, deadline_s=15)[0] == 0  # no such mount
+
+
+def test_small_video_is_a_cheap_copy(shared: Path, tmp_path: Path) -> None:
+    from devkit.simulated_camera import small_video
+
+    small = small_video(shared / "videos" / "intersection.mp4", tmp_path, width=160, height=120, fps=5)
+    cap = cv2.VideoCapture(str(small))
+    try:
+        assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (160, 120)
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(5, abs=0.01)
+        assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == pytest.approx(909 / 6, abs=3)  # 30.3 s at 5 fps
+    finally:
+        cap.release()
+    assert small_video(shared / "videos" / "intersection.mp4", tmp_path, width=160, height=120, fps=5) == small  # cached
