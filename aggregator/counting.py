@@ -5,6 +5,7 @@ can keep one per camera (and checkpoint it), and the offline ``traffic count`` c
 exact same code over a video: both give the same counts for the same events.
 
     event (seq order, aggregator.ordering)
+      -> an unchanged frame (reused_from_seq) takes the detections of its reference frame
       -> Detections in pixels (traffic.detections)
       -> riders dropped, one box per vehicle (aggregator.detection_cleanup)
       -> tracker (aggregator.tracking)                      -> tracked Detections
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 2
 # What changes while counting; everything else comes from the site configuration at restore time.
-_DYNAMIC = ("_order", "_tracker", "_tracks", "_recent", "_retired", "events", "last_capture_ms", "stream_ended")
+_DYNAMIC = ("_order", "_tracker", "_tracks", "_recent", "_retired", "_inferred", "events", "last_capture_ms", "stream_ended")
 
 def _kind(label: str) -> str:
     """Two-wheelers (and their riders) or other vehicles: a track is only stitched to one of its kind."""
@@ -90,6 +91,7 @@ class CameraCounter:
         self._tracks: dict[int, TrackState] = {}
         self._recent: deque[tuple[str, int, float, int]] = deque(maxlen=64)  # (line, side, where along it, time) of recent crossings
         self._retired: dict[int, int] = {}  # track ids stitched into another id -> until when (capture ms) their boxes are ignored
+        self._inferred: tuple[int, tuple] = (-1, ())  # (seq, detections) of the session's last inferred frame (for reused frames)
         self.events = 0
         self.last_capture_ms: int | None = None
         self.stream_ended = False
@@ -187,6 +189,7 @@ class CameraCounter:
         self.stream_ended = False
         self._tracks = {}
         self._retired = {}
+        self._inferred = (-1, ())
         self._tracker = CameraTracker(self._counting.tracker, self._camera.fps, self._timeout_ms / 1000)
 
     def _end_all_tracks(self, time_ms: int, session: str) -> list[CrossingEvent]:
@@ -213,6 +216,7 @@ class CameraCounter:
         now = event.capture_ms
         self.last_capture_ms = now if self.last_capture_ms is None else max(self.last_capture_ms, now)
         out: list[CrossingEvent] = []
+        event = self._substitute(event)
         tracked = self._tracker.update(self._prepare(event))
         w, h = float(event.width), float(event.height)
         eps = self._counting.motion_eps
@@ -240,6 +244,19 @@ class CameraCounter:
         if observer is not None:
             observer(event, tracked, out)
         return out
+
+    def _substitute(self, event: DetectionEvent) -> DetectionEvent:
+        """An unchanged frame (``reused_from_seq``, docs/contracts.md) with its reference's detections.
+
+        Events come here in seq order, so the reference is the last inferred frame of the session;
+        a reference that never arrived (a skipped gap) gives an empty frame.
+        """
+        if event.reused_from_seq is not None:
+            reused = self._inferred[1] if self._inferred[0] == event.reused_from_seq else ()
+            return event.model_copy(update={"detections": reused})
+        if not event.end_of_session:
+            self._inferred = (event.seq, event.detections)
+        return event
 
     def _stitch(self, point: Point, now: int, label: str, size: float) -> TrackState | None:
         """The state of a track lost within ``stitch_s`` that a new track id continues, if one is where it would be now.

@@ -168,7 +168,8 @@ def run_demo(opts: DemoOptions) -> int:
             )
             if pipeline.ingest_group is not None and pipeline.ingest_alive():
                 held = pipeline.ingest_group.held()
-                status += "\ncameras per ingester: " + ", ".join(f"{name} {len(cams)}" for name, cams in sorted(held.items()))
+                shares = ", ".join(f"{name} {len(cams)}" for name, cams in sorted(held.items()))
+                status += "\ncameras per ingester: " + (shares or "none yet (the replicas are joining the group)")
             if opts.live:
                 title = f"live: current {smallest}-second interval" + (f", all {len(camera_ids)} cameras" if len(camera_ids) > 1 else "")
                 table = render_table(counts, smallest, title, latest_only=True)

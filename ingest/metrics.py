@@ -50,6 +50,9 @@ class IngestMetrics:
         self.reconnects = Counter("traffic_ingest_reconnects_total", "Attempts to reconnect a camera", ["camera"], registry=r)
         self.camera_up = Gauge("traffic_ingest_camera_up", "1 while the camera delivers frames, else 0", ["camera"], registry=r)
         self.bytes_sent = Counter("traffic_ingest_bytes_sent_total", "JPEG bytes acknowledged by Kafka", ["camera"], registry=r)
+        self.frames_unchanged = Counter(
+            "traffic_ingest_frames_unchanged_total", "Frames acknowledged without their JPEG: unchanged since the last whole frame", ["camera"], registry=r
+        )  # fmt: skip
         self.cameras_held = Gauge("traffic_ingest_cameras_held", "Cameras this ingester holds (reads) now", ["ingester"], registry=r)
         self.camera_held = Gauge(
             "traffic_ingest_camera_held", "1 for each camera this ingester holds; gone once it lets the camera go",
@@ -64,7 +67,7 @@ class IngestMetrics:
 
     def add_camera(self, camera: str) -> None:
         """Create every series of ``camera`` at 0, so dashboards and ``increase()`` see them from the start."""
-        for metric in (self.frames_read, self.frames_sampled, self.frames_published, self.reconnects, self.bytes_sent):
+        for metric in (self.frames_read, self.frames_sampled, self.frames_published, self.reconnects, self.bytes_sent, self.frames_unchanged):
             metric.labels(camera)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(camera, reason)

@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from ingest.activity import ActivityGate
 from ingest.backoff import Backoff
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
@@ -121,6 +122,7 @@ class OutgoingFrame:
     height: int
     jpeg: bytes
     end: bool = False  # the session's end-of-session marker (empty value), see traffic.wire.FrameHeaders
+    thumb: Any = None  # activity thumbnail (ingest.activity), None when gating is off
 
 
 @dataclass(eq=False)
@@ -133,6 +135,7 @@ class CameraQueue:
 
     camera: str
     buffer: DropOldestBuffer[OutgoingFrame]
+    gate: ActivityGate
     lossless: bool = False
     source_session: str = ""
     session: str = ""
@@ -188,7 +191,7 @@ class FramePublisher:
 
         The camera's previous queue, if still open, is closed first (its frames are dropped).
         """
-        queue = CameraQueue(camera, DropOldestBuffer(self._settings.buffer_frames), lossless=lossless)
+        queue = CameraQueue(camera, DropOldestBuffer(self._settings.buffer_frames), ActivityGate(self._settings.activity_rule()), lossless=lossless)
         with self._lock:
             old = self._queues.get(camera)
             self._queues[camera] = queue
@@ -383,19 +386,25 @@ class FramePublisher:
             return 0
         if frame.session != queue.source_session:
             queue.source_session, queue.session, queue.seq, queue.broken = frame.session, frame.session, 0, False
+            queue.gate.reset()
         elif queue.broken:
             queue.restarts += 1
             queue.session, queue.seq, queue.broken = f"{frame.session}-{queue.restarts}", 0, False
+            queue.gate.reset()
             log.warning("session restarted after a failed delivery", extra={"camera": queue.camera, "session": queue.session})
         if frame.end and frame.session != queue.source_session:
             return 1  # the marker of a session none of whose frames went out: nothing to end
+        # Decided here, where seqs are given, in seq order: the reference is the last frame of this session sent whole.
+        unchanged = None if frame.end else queue.gate.unchanged_since(frame.thumb, frame.capture_ms)
         headers = FrameHeaders(
-            frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height, end=frame.end
-        )
+            frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height, end=frame.end,
+            unchanged_since=unchanged,
+        )  # fmt: skip
+        value = b"" if unchanged is not None else frame.jpeg
         assert self._producer is not None
         try:
             future = self._producer.send(
-                self._topic, key=frame.camera.encode(), value=frame.jpeg, headers=headers.to_kafka()
+                self._topic, key=frame.camera.encode(), value=value, headers=headers.to_kafka()
             )
         except KafkaError as exc:  # metadata not available (broker down before the first send, topic missing)
             queue.buffer.put_front(frame)
@@ -405,6 +414,8 @@ class FramePublisher:
                 self._warned_send = True
             return -1
         self._warned_send = False
+        if unchanged is None and not frame.end:
+            queue.gate.sent(frame.thumb, frame.capture_ms, queue.seq)
         queue.seq += 1
         queue.handed += 0 if frame.end else 1
         with self._lock:
@@ -412,15 +423,17 @@ class FramePublisher:
         if max_frames and queue.handed >= max_frames:
             queue.done.set()
         started = time.monotonic()
-        future.add_callback(self._on_ack, queue, len(frame.jpeg), started, frame.end)
+        future.add_callback(self._on_ack, queue, len(value), started, frame.end, unchanged is not None)
         future.add_errback(self._on_error, queue, headers.session, headers.seq)
         return 1
 
-    def _on_ack(self, queue: CameraQueue, size: int, started: float, marker: bool, _metadata: Any) -> None:
+    def _on_ack(self, queue: CameraQueue, size: int, started: float, marker: bool, unchanged: bool, _metadata: Any) -> None:
         camera = queue.camera
         if not marker:  # the end-of-session marker is not a frame
             self._metrics.frames_published.labels(camera).inc()
             self._metrics.bytes_sent.labels(camera).inc(size)
+            if unchanged:
+                self._metrics.frames_unchanged.labels(camera).inc()
             self._metrics.publish_latency.labels(camera).observe(time.monotonic() - started)
         with self._lock:
             queue.unacked -= 1

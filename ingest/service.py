@@ -122,7 +122,8 @@ class CameraRunner(threading.Thread):
         self._stop_event = stop if stop is not None else threading.Event()
         self.end_marker = True  # end the last session with a marker (not when fenced: the camera may be elsewhere already)
         self.queue: CameraQueue = publisher.add_camera(plan.camera, lossless=self.lossless)
-        self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality)
+        rule = settings.activity_rule()
+        self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality, rule.thumb_width if rule.enabled else 0)
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.state = CameraState.CONNECTING
         self.sessions = 0
@@ -253,7 +254,7 @@ class CameraRunner(threading.Thread):
             self._metrics.dropped(camera, "encode_failed")
             log.warning("frame not encodable", extra={"camera": camera, "error": str(exc)})
             return None
-        frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg)
+        frame = OutgoingFrame(camera, self.plan.intersection, session, capture_ms, encoded.width, encoded.height, encoded.jpeg, thumb=encoded.thumb)
         self._publisher.submit(frame, stop=self._stop_event, queue=self.queue)
         return frame
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from traffic.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ingest.activity import ActivityRule
 
 
 class IngestSettings(BaseSettings):
@@ -42,6 +45,14 @@ class IngestSettings(BaseSettings):
     linger_ms: int = Field(default=5, ge=0, description="producer linger (ms): small, frames are large")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="producer max_request_size (bytes); keep <= the frames topic max.message.bytes")
     delivery_timeout_ms: int = Field(default=120_000, gt=0, description="a frame not acknowledged within this time is dropped and its session closed (ms)")
+    activity_gate: bool = Field(
+        default=True,
+        description="send a frame that hardly differs from the camera's last whole frame without its JPEG, marked unchanged-since (workers skip the model, the aggregator reuses that frame's detections); false = every frame whole",
+    )
+    activity_pixel_delta: int = Field(default=12, ge=1, le=255, description="grey levels a thumbnail pixel must move to count as changed")
+    activity_changed_fraction: float = Field(default=0.001, ge=0, le=1, description="a frame with at most this share of changed thumbnail pixels is unchanged")
+    activity_max_reuse_s: float = Field(default=3.0, gt=0, le=600, description="a frame this long (capture time) after the last whole frame always goes whole, so drift cannot accumulate (s)")
+    activity_thumb_width: int = Field(default=80, ge=8, le=640, description="width of the grey thumbnail the difference is taken on (pixels)")
     bootstrap_timeout_ms: int = Field(default=5_000, gt=0, description="each attempt to reach the broker at start waits this long (ms)")
 
     # -- camera assignment across replicas (docs/ingest.md "Several replicas") -------------------
@@ -104,6 +115,15 @@ class IngestSettings(BaseSettings):
     def ingester_name(self) -> str:
         """``name``, else ``HOSTNAME`` (the pod name on Kubernetes), else the host name."""
         return self.name or os.environ.get("HOSTNAME") or socket.gethostname()
+
+    def activity_rule(self) -> "ActivityRule":
+        """The activity-gating rule of these settings (``traffic count`` uses the same one)."""
+        from ingest.activity import ActivityRule  # OpenCV stays out of ``--help``
+
+        return ActivityRule(
+            enabled=self.activity_gate, thumb_width=self.activity_thumb_width, pixel_delta=self.activity_pixel_delta,
+            changed_fraction=self.activity_changed_fraction, max_reuse_ms=round(self.activity_max_reuse_s * 1000),
+        )  # fmt: skip
 
     def site_path(self) -> str:
         """The site file: ``site_config``, else ``TRAFFIC_SITE_CONFIG``; ConfigError if neither is set."""

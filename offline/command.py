@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-csv", default=None, help="turning-movement CSV path (default <video>.tmc.csv in the current directory)")
     p.add_argument("--annotate", default=None, metavar="OUT.mp4", help="also write an annotated video (boxes, track ids, lines, zones, running counts; persons blurred)")
     p.add_argument("--no-blur", action="store_true", help="do not blur persons in the annotated video (internal debugging only: it then shows the public)")
+    p.add_argument("--no-activity", action="store_true", help="run the model on every frame; by default frames the ingester would pass on unchanged reuse the detections of the last inferred frame, as in the pipeline (rule: TRAFFIC_INGEST_ACTIVITY_* settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
@@ -105,8 +106,10 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from offline.count import Progress, check_geometry, count_video, probe_video
+    from ingest.settings import IngestSettings
     from offline.report import build_report, parse_start
     from traffic.errors import ConfigError
+    from traffic.settings import load_settings
     from traffic.site import load_site
     from workers.detector import DetectorSettings
 
@@ -144,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     detector = DetectorSettings(model=args.model, device=args.device, half=args.half, classes=classes,
                                 conf=args.conf, batch_size=args.batch_size)  # fmt: skip
     try:
-        result = count_video(video, site, args.camera, detector, start_ms=start_ms, fps=args.fps, on_frame=on_frame)
+        activity = None if args.no_activity else load_settings(IngestSettings).activity_rule()  # the ingester's rule
+        result = count_video(video, site, args.camera, detector, start_ms=start_ms, fps=args.fps, on_frame=on_frame, activity=activity)
     finally:
         if annotator is not None:
             annotator.close()
@@ -155,13 +159,13 @@ def _run(args: argparse.Namespace) -> int:
         period_ms=(result.start_ms, result.end_ms), interval_s=int(args.interval_min * 60), tz=tz,
         run={"video": str(video), "frames": result.frames, "wall_s": round(result.wall_s, 2),
              "fps": round(result.frames / result.wall_s, 2) if result.wall_s else None, "model": result.model,
-             "sampling_fps": rate},
+             "sampling_fps": rate, "model_calls_saved": result.reused},
     )  # fmt: skip
     out_json = Path(args.out_json or f"{video.stem}.counts.json")
     out_csv = Path(args.out_csv or f"{video.stem}.tmc.csv")
     out_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     out_csv.write_text(report.csv_text())
-    print(f"{result.frames} frames in {result.wall_s:.1f} s; {sum(c.kind == 'movement' for c in result.crossings)} movements, "
+    print(f"{result.frames} frames ({result.reused} unchanged, no model call) in {result.wall_s:.1f} s; {sum(c.kind == 'movement' for c in result.crossings)} movements, "
           f"{sum(c.kind == 'line' for c in result.crossings)} line crossings -> {out_json}, {out_csv}", file=sys.stderr)  # fmt: skip
     return 0
 

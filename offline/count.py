@@ -9,6 +9,10 @@ Each step is the function the services call, in the same order and with the same
 the site file, so ``traffic count`` and the streaming pipeline give identical counts for the same
 frames. The JPEG round trip is kept on purpose: the detector must see the pixels a worker sees.
 This module is the composition layer: it imports the services, they never import it.
+
+With an activity rule, ``ingest.activity.ActivityGate`` marks unchanged frames in seq order as
+the ingester's publisher does (on the same resized image, before the JPEG); those skip the model,
+their events say ``reused_from_seq`` and the counter uses their reference frame's detections.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import cv2
 import numpy as np
 
 from aggregator.counting import CameraCounter
+from ingest.activity import ActivityGate, ActivityRule
 from ingest.encoder import JpegEncoder
 from ingest.sampler import SampledFrame, sample_file
 from ingest.sources import SourceError
@@ -46,6 +51,24 @@ PREFETCH_FRAMES = 16
 
 class VideoError(BadInput):
     """The video cannot be opened or decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFrame:
+    """A sampled frame as a worker gets it: the image after the JPEG round trip, and the ingester's activity decision.
+
+    Attributes:
+        frame_index: index of the frame in the file (0-based).
+        capture_ms: capture time, epoch milliseconds.
+        image: BGR image as the worker decodes it, shape ``(height, width, 3)``.
+        unchanged_since: the reference frame's seq when the activity gate found this one unchanged
+            (the worker skips it, the counter reuses that frame's detections); None = inferred.
+    """
+
+    frame_index: int
+    capture_ms: int
+    image: np.ndarray
+    unchanged_since: int | None = None
 
 
 @dataclass
@@ -78,6 +101,7 @@ class OfflineResult:
     start_ms: int = 0
     end_ms: int = 0
     model: str = ""
+    reused: int = 0  # frames the activity gate passed on unchanged (no model call)
 
 
 def check_geometry(camera: Camera) -> None:
@@ -117,31 +141,38 @@ def probe_video(path: Path) -> tuple[int, float, int, int]:
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def worker_frames(video: Path, camera: Camera, rate: float, start_ms: int = 0) -> Iterator[SampledFrame]:
+def worker_frames(video: Path, camera: Camera, rate: float, start_ms: int = 0, activity: ActivityRule | None = None) -> Iterator[WorkerFrame]:
     """The frames a worker decodes for this file: sampled at ``rate``, resized, JPEG round-tripped.
 
-    Read ahead in a thread (OpenCV releases the GIL), so decoding overlaps the model.
+    ``activity`` (the ingester's rule, ``IngestSettings.activity_rule()``) marks unchanged frames
+    as the ingester does; None or a disabled rule = every frame inferred. Read ahead in a thread
+    (OpenCV releases the GIL), so decoding overlaps the model.
     """
     try:
         frames = sample_file(video, rate, start_ms)
     except SourceError as exc:
         raise VideoError(f"video {video}: {exc}") from None
-    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality)
-    with _Prefetch(_round_trip(frames, encoder)) as decoded:
+    gate = ActivityGate(activity) if activity is not None and activity.enabled else None
+    encoder = JpegEncoder(camera.max_width, camera.jpeg_quality, gate.rule.thumb_width if gate is not None else 0)
+    with _Prefetch(_round_trip(frames, encoder, gate)) as decoded:
         yield from decoded
 
 
 def detect_events(
-    frames: Iterable[SampledFrame], detector: Detector, camera: str, intersection: str, session: str = OFFLINE_SESSION,
+    frames: Iterable[WorkerFrame | SampledFrame], detector: Detector, camera: str, intersection: str, session: str = OFFLINE_SESSION,
     batch_size: int = 8,
 ) -> Iterator[tuple[DetectionEvent, np.ndarray | None]]:  # fmt: skip
-    """(event, image) per frame as the worker publishes it, then the end-of-session event (image None)."""
+    """(event, image) per frame as the worker publishes it, then the end-of-session event (image None).
+
+    Frames marked unchanged (``WorkerFrame.unchanged_since``) skip the model, as in the worker.
+    """
     batch: list[tuple[FrameHeaders, np.ndarray]] = []
     last: FrameHeaders | None = None
     seq = 0
     for frame in frames:
         height, width = frame.image.shape[:2]
-        batch.append((FrameHeaders(camera, intersection, session, seq, frame.capture_ms, width, height), frame.image))
+        unchanged = getattr(frame, "unchanged_since", None)
+        batch.append((FrameHeaders(camera, intersection, session, seq, frame.capture_ms, width, height, unchanged_since=unchanged), frame.image))
         seq += 1
         if len(batch) >= batch_size:
             yield from _detect_batch(detector, batch)
@@ -156,8 +187,9 @@ def detect_events(
 
 
 def _detect_batch(detector: Detector, batch: list[tuple[FrameHeaders, np.ndarray]]) -> Iterator[tuple[DetectionEvent, np.ndarray]]:
-    found = detector.detect([image for _, image in batch])
-    for (headers, image), detections in zip(batch, found):
+    found = iter(detector.detect([image for headers, image in batch if headers.unchanged_since is None]))
+    for headers, image in batch:
+        detections = next(found) if headers.unchanged_since is None else ()
         yield detection_event(headers, detector.model_name, detections, None), image
 
 
@@ -178,6 +210,7 @@ def count_events(
     for event, image in events:
         if not event.end_of_session:
             result.frames += 1
+            result.reused += event.reused_from_seq is not None
             last = event
             if on_frame is not None:
                 images[event.seq] = image
@@ -197,6 +230,7 @@ def count_video(
     start_ms: int = 0,
     fps: float | None = None,
     on_frame: Callable[[FrameResult], None] | None = None,
+    activity: ActivityRule | None = None,
 ) -> OfflineResult:
     """Run sampling, encoding, detection and counting over ``video`` for ``camera_id``.
 
@@ -208,6 +242,7 @@ def count_video(
         start_ms: capture time of the first frame, epoch ms (intervals follow the clock).
         fps: sampling rate; default the camera's ``fps`` in the site file.
         on_frame: called after each frame (progress, annotation).
+        activity: the ingester's activity rule (``IngestSettings.activity_rule()``); None = every frame inferred.
     """
     intersection, camera = site.camera(camera_id)
     check_geometry(camera)
@@ -215,7 +250,7 @@ def count_video(
     rate = fps or camera.fps
     model = Detector(detector)
     started = time.monotonic()
-    frames = worker_frames(video, camera, rate, start_ms)
+    frames = worker_frames(video, camera, rate, start_ms, activity)
     try:
         events = detect_events(frames, model, camera_id, intersection.id, batch_size=detector.batch_size)
         result = count_events(events, site, camera_id, on_frame)
@@ -228,16 +263,22 @@ def count_video(
     log.info(
         "video counted",
         extra={"camera": camera_id, "frames": result.frames, "crossings": len(result.crossings), "wall_s": round(result.wall_s, 2),
-               "sampling_fps": rate, "model": result.model},
+               "sampling_fps": rate, "model": result.model, "reused": result.reused},
     )  # fmt: skip
     return result
 
 
-def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder) -> Iterator[SampledFrame]:
-    """The frames as a worker sees them: the ingester's resize + JPEG, then the worker's decode."""
+def _round_trip(frames: Iterator[SampledFrame], encoder: JpegEncoder, gate: ActivityGate | None = None) -> Iterator[WorkerFrame]:
+    """The frames as a worker sees them: the ingester's resize + JPEG (and activity decision, in seq order), then the worker's decode."""
     try:
-        for frame in frames:
-            yield SampledFrame(frame.frame_index, frame.capture_ms, decode_jpeg(encoder.encode(frame.image).jpeg))
+        for seq, frame in enumerate(frames):
+            encoded = encoder.encode(frame.image)
+            unchanged = None
+            if gate is not None:  # as the ingester's publisher: on the resized image's thumbnail, before the JPEG
+                unchanged = gate.unchanged_since(encoded.thumb, frame.capture_ms)
+                if unchanged is None:
+                    gate.sent(encoded.thumb, frame.capture_ms, seq)
+            yield WorkerFrame(frame.frame_index, frame.capture_ms, decode_jpeg(encoded.jpeg), unchanged)
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
@@ -255,13 +296,13 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, items: Iterator[SampledFrame], depth: int = PREFETCH_FRAMES) -> None:
+    def __init__(self, items: Iterator[WorkerFrame], depth: int = PREFETCH_FRAMES) -> None:
         self._items = items
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="count-prefetch", daemon=True)
 
-    def __enter__(self) -> Iterator[SampledFrame]:
+    def __enter__(self) -> Iterator[WorkerFrame]:
         self._thread.start()
         return self._consume()
 
@@ -288,7 +329,7 @@ class _Prefetch:
             if close is not None:
                 close()  # releases the video capture
 
-    def _consume(self) -> Iterator[SampledFrame]:
+    def _consume(self) -> Iterator[WorkerFrame]:
         while True:
             item = self._queue.get()
             if item is self._END:

@@ -37,6 +37,7 @@ MAX_FRAME_SIDE = 16384
 
 FRAME_HEADER_NAMES = ("camera", "intersection", "session", "seq", "capture_ms", "width", "height")
 END_OF_SESSION_HEADER = "end-of-session"
+UNCHANGED_SINCE_HEADER = "unchanged-since"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,11 @@ class FrameHeaders:
             sent when a stream ends (file done, stream lost, shutdown). It lets the aggregator end
             the session's tracks by the data instead of by a wall-clock timeout, so a slow or
             restarted worker never changes counts.
+        unchanged_since: set on an **unchanged frame**: the ingester found it (nearly) identical to
+            frame ``unchanged_since`` of the same session, the last one it sent with its JPEG, and
+            sent no JPEG (empty value). Workers skip the model; the aggregator reuses that frame's
+            detections. Decided by the camera's single ingester in seq order, so it does not depend
+            on which worker handles which frame.
     """
 
     camera: str
@@ -65,12 +71,15 @@ class FrameHeaders:
     width: int
     height: int
     end: bool = False
+    unchanged_since: int | None = None
 
     def to_kafka(self) -> list[tuple[str, bytes]]:
         """Headers as kafka-python / aiokafka want them."""
         headers = [(name, str(getattr(self, name)).encode()) for name in FRAME_HEADER_NAMES]
         if self.end:
             return headers + [(END_OF_SESSION_HEADER, b"1")]
+        if self.unchanged_since is not None:
+            return headers + [(UNCHANGED_SINCE_HEADER, str(self.unchanged_since).encode())]
         return headers + [("content-type", b"image/jpeg")]
 
     @classmethod
@@ -81,7 +90,7 @@ class FrameHeaders:
         for name, value in headers or []:
             if name == END_OF_SESSION_HEADER:
                 end = value in (b"1", "1")
-            elif name in FRAME_HEADER_NAMES:
+            elif name in FRAME_HEADER_NAMES or name == UNCHANGED_SINCE_HEADER:
                 if name in found:  # two values for one header: which one is true is anyone's guess
                     raise ContractError(f"frame header {name!r} appears more than once", "bad_header")
                 try:
@@ -104,7 +113,15 @@ class FrameHeaders:
         for name in ("width", "height"):
             if not 0 < ints[name] <= MAX_FRAME_SIDE:
                 raise ContractError(f"frame header {name!r}={ints[name]} is out of range", "bad_header")
-        return cls(found["camera"], found["intersection"], found["session"], **ints, end=end)
+        unchanged: int | None = None
+        if UNCHANGED_SINCE_HEADER in found and not end:
+            try:
+                unchanged = int(found[UNCHANGED_SINCE_HEADER])
+            except ValueError as exc:
+                raise ContractError(f"frame header {UNCHANGED_SINCE_HEADER!r}={found[UNCHANGED_SINCE_HEADER]!r} is not an integer", "bad_header") from exc
+            if not 0 <= unchanged < ints["seq"]:
+                raise ContractError(f"frame header {UNCHANGED_SINCE_HEADER!r}={unchanged} must name an earlier seq than {ints['seq']}", "bad_header")
+        return cls(found["camera"], found["intersection"], found["session"], **ints, end=end, unchanged_since=unchanged)
 
 
 def _check_identifier(name: str, value: str) -> None:
@@ -187,6 +204,10 @@ class DetectionEvent(_Message):
     """What a worker found in one frame (``traffic.detections``, key = camera id).
 
     ``end_of_session=True`` events carry the seq of the session's end marker and no detections.
+    ``reused_from_seq=N`` events are unchanged frames: no model ran and ``detections`` is empty;
+    the frame's detections are those of frame N of the session (the aggregator substitutes them).
+    The field is left out of the JSON when unset, so events of inferred frames are byte-for-byte
+    what they were before it existed.
     """
 
     SCHEMA: ClassVar[str] = "traffic.detections.v1"
@@ -202,6 +223,20 @@ class DetectionEvent(_Message):
     detections: tuple[Detection, ...] = ()
     inference_ms: float | None = Field(default=None, ge=0)
     end_of_session: bool = Field(default=False, description="the session's end marker: no frame, no detections; its tracks end here")
+    reused_from_seq: int | None = Field(
+        default=None, ge=0,
+        description="an unchanged frame: no inference ran; its detections are those of this earlier seq of the session (absent = inferred)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _reuse(self) -> "DetectionEvent":
+        if self.reused_from_seq is not None and (self.reused_from_seq >= self.seq or self.detections or self.end_of_session):
+            raise ValueError("reused_from_seq must name an earlier seq, with no detections of its own and not on an end marker")
+        return self
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON; ``reused_from_seq`` only when set (older readers forbid unknown keys)."""
+        return self.model_dump_json(exclude=None if self.reused_from_seq is not None else {"reused_from_seq"}).encode()
 
     @property
     def frame_key(self) -> tuple[str, str, int]:

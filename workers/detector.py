@@ -7,6 +7,12 @@ everywhere. Ultralytics models are not thread-safe: one ``Detector`` per thread,
 Batching: a list of frames is one batch of its length whatever ``batch=`` says (PITFALLS), so
 long lists are split into ``batch_size`` chunks, or into the export's own static batch (the shared
 OpenVINO model is batch 1: one call per frame), so batch composition cannot change results.
+
+Two engines, one result: Ultralytics' ``predict`` (PyTorch, CUDA, FP16, batches; every model), and
+for an OpenVINO export on the CPU with a static batch of 1, :class:`workers.streams.OpenVinoStreams`
+(several inference requests so frames overlap; Ultralytics' own pre/post-processing, the same
+detections). ``streams`` picks: 0 = OpenVINO's choice for the CPU, 1 = Ultralytics' path only.
+With streams, :meth:`Detector.detect` is thread-safe and ``parallelism`` threads may call it.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from traffic.errors import ConfigError
 from traffic.wire import Detection
+from workers.streams import OpenVinoStreams, StageTimes, eligible
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,8 @@ class DetectorSettings:
         iou: NMS IoU threshold.
         imgsz: inference size in pixels.
         batch_size: frames per model call.
+        streams: parallel OpenVINO requests for a batch-1 OpenVINO export on the CPU; 0 = OpenVINO's
+            THROUGHPUT choice for this CPU, 1 = Ultralytics' own single-request (LATENCY) path.
     """
 
     model: str
@@ -53,6 +63,7 @@ class DetectorSettings:
     iou: float = 0.7
     imgsz: int = 640
     batch_size: int = 8
+    streams: int = 0
 
 
 def static_batch(model: str) -> int | None:
@@ -119,29 +130,72 @@ class Detector:
         self.model_name = path.name if path.exists() else settings.model
         fixed = static_batch(settings.model)
         self.chunk = min(settings.batch_size, fixed) if fixed else settings.batch_size
+        self._streams: OpenVinoStreams | None = None
         # One warm-up call: the first inference compiles/allocates, which must not count as a frame's latency.
-        self.detect([np.zeros((64, 64, 3), dtype=np.uint8)])
-        log.info("model loaded", extra={"model": self.model_name, "device": self.device, "half": self.half,
-                                        "load_s": round(time.monotonic() - started, 2)})  # fmt: skip
+        # It also sets up Ultralytics' predictor (imgsz, conf, iou, classes), whose pre/post-processing the streams reuse.
+        self._predict([np.zeros((64, 64, 3), dtype=np.uint8)])
+        why_not = "streams=1" if settings.streams == 1 else eligible(self.model.predictor, self.device)
+        if why_not is None:
+            self._streams = OpenVinoStreams(self.model.predictor, _ir_file(path), settings.streams)
+            self._streams.run(np.zeros((64, 64, 3), dtype=np.uint8))
+        self.parallelism = self._streams.size if self._streams is not None else 1
+        engine = f"openvino-streams({self._streams.streams})" if self._streams is not None else f"ultralytics ({why_not})"
+        log.info("model loaded", extra={"model": self.model_name, "device": self.device, "half": self.half, "engine": engine,
+                                        "parallelism": self.parallelism, "load_s": round(time.monotonic() - started, 2)})  # fmt: skip
+
+    @property
+    def engine(self) -> str:
+        """``openvino-streams`` or ``ultralytics``: which path runs the model."""
+        return "openvino-streams" if self._streams is not None else "ultralytics"
 
     def detect(self, frames: list[np.ndarray]) -> list[tuple[Detection, ...]]:
         """Detect objects in BGR frames; output aligned with the input, boxes normalized per frame."""
-        out: list[tuple[Detection, ...]] = []
-        size = self.chunk
-        for start in range(0, len(frames), size):
-            chunk = frames[start : start + size]
-            results = self.model.predict(
-                chunk, imgsz=self.settings.imgsz, conf=max(0.0, self.settings.conf - _CONF_SLACK), iou=self.settings.iou, classes=self.class_ids,
-                device=self.device, verbose=False, batch=len(chunk), **self._precision,
-            )  # fmt: skip
-            for result in results:
-                boxes = result.boxes
-                xyxyn = np.clip(boxes.xyxyn.cpu().numpy().astype(float), 0.0, 1.0)
-                cls = boxes.cls.cpu().numpy().astype(int)
-                conf = boxes.conf.cpu().numpy().astype(float)
-                out.append(tuple(
-                    Detection(class_id=int(c), label=self.names[int(c)], confidence=float(round(s, 4)),
-                              box=tuple(float(round(v, 5)) for v in box))  # type: ignore[arg-type]
-                    for box, c, s in zip(xyxyn, cls, conf) if round(float(s), 4) >= self.settings.conf
-                ))  # fmt: skip
-        return out
+        return self.detect_timed(frames)[0]
+
+    def detect_timed(self, frames: list[np.ndarray]) -> tuple[list[tuple[Detection, ...]], StageTimes]:
+        """:meth:`detect` and the time its frames spent in pre-processing, the model and post-processing."""
+        times = StageTimes()
+        if self._streams is not None:
+            out = []
+            for result, spent in self._streams.map(frames):
+                started = time.perf_counter()
+                out.append(self._detections(result))
+                spent.postprocess += time.perf_counter() - started
+                times.add(spent)
+            return out, times
+        out = []
+        for start in range(0, len(frames), self.chunk):
+            for result in self._predict(frames[start : start + self.chunk]):
+                started = time.perf_counter()
+                out.append(self._detections(result))
+                speed = result.speed  # ms per image of this call, from Ultralytics' own profilers
+                times.add(StageTimes(speed["preprocess"] / 1000, speed["inference"] / 1000,
+                                     speed["postprocess"] / 1000 + time.perf_counter() - started))  # fmt: skip
+        return out, times
+
+    def _predict(self, chunk: list[np.ndarray]) -> list[Any]:
+        return self.model.predict(
+            chunk, imgsz=self.settings.imgsz, conf=max(0.0, self.settings.conf - _CONF_SLACK), iou=self.settings.iou, classes=self.class_ids,
+            device=self.device, verbose=False, batch=len(chunk), **self._precision,
+        )  # fmt: skip
+
+    def _detections(self, result: Any) -> tuple[Detection, ...]:
+        boxes = result.boxes
+        xyxyn = np.clip(boxes.xyxyn.cpu().numpy().astype(float), 0.0, 1.0)
+        cls = boxes.cls.cpu().numpy().astype(int)
+        conf = boxes.conf.cpu().numpy().astype(float)
+        return tuple(
+            Detection(class_id=int(c), label=self.names[int(c)], confidence=float(round(s, 4)),
+                      box=tuple(float(round(v, 5)) for v in box))  # type: ignore[arg-type]
+            for box, c, s in zip(xyxyn, cls, conf) if round(float(s), 4) >= self.settings.conf
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the streams' thread pool (the model itself is freed with the object)."""
+        if self._streams is not None:
+            self._streams.close()
+
+
+def _ir_file(path: Path) -> Path:
+    """The ``.xml`` of an OpenVINO export given as its directory or the file."""
+    return path if path.is_file() else next(path.glob("*.xml"))

@@ -19,7 +19,7 @@ from kafka import KafkaConsumer
 
 from devkit.local_pipeline import LocalPipeline, PipelineConfig, scrape
 from traffic.settings import KafkaSettings
-from traffic.wire import DetectionEvent
+from traffic.wire import DetectionEvent, FrameHeaders
 
 from .prometheus_server import PrometheusServer
 
@@ -39,6 +39,15 @@ def _read_all(kafka: KafkaSettings, topic: str) -> list[bytes]:
     consumer = KafkaConsumer(topic, **kafka.kafka_python(), auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=3000)
     try:
         return [m.value for m in consumer]
+    finally:
+        consumer.close()
+
+
+def _count_frames(kafka: KafkaSettings, topic: str) -> int:
+    """Frame records of ``topic``: whole and unchanged frames, not end-of-session markers (both have empty values)."""
+    consumer = KafkaConsumer(topic, **kafka.kafka_python(), auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=3000)
+    try:
+        return sum(1 for m in consumer if not FrameHeaders.from_kafka(m.headers).end)
     finally:
         consumer.close()
 
@@ -77,7 +86,7 @@ def _run(cfg: PipelineConfig, disturb=None) -> dict:
             "metrics": scrape(pipeline.ports["aggregator"]),
             "metrics_text": _metrics_text(pipeline.ports["aggregator"]),
             "events": [DetectionEvent.decode(v) for v in _read_all(pipeline.kafka, pipeline.topics.detections)],
-            "frames": sum(1 for v in _read_all(pipeline.kafka, pipeline.topics.frames) if v),  # end markers are empty
+            "frames": _count_frames(pipeline.kafka, pipeline.topics.frames),
             "kafka": pipeline.kafka,
             "topics": pipeline.topics,
         }
@@ -182,7 +191,7 @@ def test_prometheus_scrapes_the_services_and_dashboard_queries_return_data(
         }).start()  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a few vehicles were counted, while the ingester still runs
-            # increase() needs two scrapes of a series: wait for it, not for the first vehicle alone
+            # increase() needs two samples of a series: a vehicle series scraped once has none yet
             if prometheus.query("sum(increase(traffic_vehicles_total[5m]))") and time.monotonic() - pipeline.started > 15:
                 break
             time.sleep(1)

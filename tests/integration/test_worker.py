@@ -228,3 +228,124 @@ def test_end_of_session_marker_becomes_an_end_event(kafka_settings: KafkaSetting
         _stop(proc)
     assert [(e.seq, e.end_of_session) for e in events] == [(0, False), (1, False), (2, False), (3, True)]
     assert events[-1].detections == () and events[-1].capture_ms == 1_000_200
+
+
+def test_streams_give_ultralytics_detections(shared: Path, model: Path) -> None:
+    """The OpenVINO-streams engine (the default for this export) finds exactly what Ultralytics' predict finds."""
+    from ultralytics import YOLO
+
+    from workers.detector import _CONF_SLACK, Detector, DetectorSettings
+
+    frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in video_jpegs(shared / "videos" / "intersection.mp4", 12)]
+    frames.append(cv2.imread(str(BUS)))  # another size: the letterbox differs
+    detector = Detector(DetectorSettings(model=str(model)))
+    assert detector.engine == "openvino-streams" and detector.parallelism >= 1
+    plain = YOLO(str(model), task="detect")
+    expected = []
+    for frame in frames:
+        # The detector's own threshold (the default, with its slack): _detections then applies it to the rounded score.
+        (result,) = plain.predict(frame, conf=detector.settings.conf - _CONF_SLACK, iou=0.7, classes=detector.class_ids, verbose=False)
+        expected.append(detector._detections(result))  # noqa: SLF001 - the same conversion, to compare the model's output
+    assert sum(map(len, expected)) > 20  # not vacuous: the frames have many boxes
+    assert detector.detect(frames) == expected
+    single = Detector(DetectorSettings(model=str(model), streams=1))
+    assert single.engine == "ultralytics" and single.detect(frames) == expected
+
+
+def test_unchanged_frames_skip_the_model_and_say_which_frame_they_reuse(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                          shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Frames the ingester marked unchanged (no JPEG) become events with reused_from_seq and no detections."""
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 3)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs, start_ms=2_000_000)
+    producer = KafkaProducer(**kafka_settings.kafka_python(), acks="all")
+    for seq in (3, 4, 5):
+        headers = FrameHeaders("cam-demo", "demo-intersection", session, seq, 2_000_000 + seq * 100, 640, 480, unchanged_since=2)
+        producer.send(topic_settings.frames, key=b"cam-demo", value=b"", headers=headers.to_kafka())
+    producer.flush()
+    producer.close()
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    try:
+        events = sorted(read_events(kafka_settings, topic_settings.detections, 6), key=lambda e: e.seq)
+        reused = _metric(port, "traffic_worker_frames_reused_total")
+        decoded = _metric(port, "traffic_worker_decode_seconds_count")
+    finally:
+        assert _stop(proc) == 0
+    assert [(e.seq, e.reused_from_seq) for e in events] == [(0, None), (1, None), (2, None), (3, 2), (4, 2), (5, 2)]
+    assert all(e.detections for e in events[:3]) and not any(e.detections for e in events[3:])
+    assert all(e.inference_ms is None for e in events[3:])
+    assert (reused, decoded) == (3, 3)
+
+
+def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                        shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """SIGTERM mid-stream: the batches in flight are finished, acknowledged and committed; the next worker goes on after them."""
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 80)
+    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _metric(port, "traffic_worker_events_out_total") >= 16:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    assert _stop(proc) == 0, (tmp_path / "w1.log").read_text()[-3000:]
+    proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
+    try:
+        events = read_events(kafka_settings, topic_settings.detections, 80, timeout_s=180)
+    finally:
+        _stop(proc2)
+    seqs = [e.seq for e in events if e.session == session]
+    assert set(seqs) == set(range(80)), "a frame lost its event"
+    # A clean drain commits everything the first worker published, so the second one redoes nothing.
+    assert len(seqs) == 80, f"{len(seqs) - 80} frames were published twice after a clean SIGTERM"
+
+
+def test_rebalance_with_batches_in_flight_loses_nothing_and_commits_everything(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                                                shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    """A second worker joins while the first is busy with a backlog: partitions are revoked with batches in flight."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 100)
+    cameras = [f"cam-{i}" for i in range(6)]  # 6 keys over the 4 partitions
+    for camera in cameras:
+        publish_frames(kafka_settings, topic_settings.frames, jpegs, camera=camera)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    first, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
+    second = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if _metric(port, "traffic_worker_events_out_total") >= 24:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        second, port2 = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
+        while time.monotonic() < deadline + 180:  # ready = the group gave it an assignment: the first worker's partitions were revoked
+            try:
+                if _readyz(port2)[0] == 200:
+                    break
+            except OSError:
+                pass  # not listening yet (loading the model)
+            time.sleep(0.2)
+        busy = _metric(port, "traffic_worker_events_out_total")
+        assert busy < 600, "the first worker had finished before the rebalance: nothing was in flight"
+        events = read_events(kafka_settings, topic_settings.detections, 6 * 100, timeout_s=300)
+        assert _metric(port2, "traffic_worker_frames_in_total") > 0, "the second worker got no partition"
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                assert _stop(proc) == 0
+    assert {(e.camera, e.seq) for e in events} == {(c, s) for c in cameras for s in range(100)}
+    consumer = KafkaConsumer(**kafka_settings.kafka_python(), group_id=group, enable_auto_commit=False)  # reads, never joins
+    try:
+        parts = [TopicPartition(topic_settings.frames, p) for p in consumer.partitions_for_topic(topic_settings.frames)]
+        ends = consumer.end_offsets(parts)
+        committed = {tp: consumer.committed(tp) or 0 for tp in parts}
+    finally:
+        consumer.close(autocommit=False)
+    assert committed == ends, "after the drain every frame's offset is committed"

@@ -78,3 +78,51 @@ def test_half_precision_batches_on_cuda(shared: Path) -> None:
     bus = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
     found = detector.detect([bus] * 8)
     assert len(found) == 8 and all(any(d.label == "bus" for d in frame) for frame in found)
+
+
+def test_streams_only_for_a_batch_1_openvino_export_on_the_cpu() -> None:
+    """Where OpenVINO streams do not fit, the detector keeps Ultralytics' own path, and says why."""
+    from types import SimpleNamespace
+
+    from workers.streams import eligible
+
+    def predictor(fmt: str = "openvino", batch: int = 1, dynamic: bool = False, task: str = "detect") -> SimpleNamespace:
+        backend = SimpleNamespace(ov_compiled_model=object(), read_model=None, dynamic=dynamic, batch=batch)
+        return SimpleNamespace(model=SimpleNamespace(format=fmt, backend=backend), args=SimpleNamespace(task=task))
+
+    assert eligible(predictor(), "cpu") is None
+    assert eligible(predictor(), "cuda:0") == "device cuda:0"
+    assert eligible(predictor(fmt="pt"), "cpu") == "not an OpenVINO export"
+    assert "static batch 8" in (eligible(predictor(batch=8), "cpu") or "")
+    assert eligible(predictor(dynamic=True), "cpu") == "dynamic input shapes"
+    assert eligible(predictor(task="segment"), "cpu") == "task segment"
+
+
+def test_worker_settings_for_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAFFIC_WORKER_STREAMS", "2")
+    monkeypatch.setenv("TRAFFIC_WORKER_PIPELINE_BATCHES", "4")
+    settings = load_settings(WorkerSettings)
+    assert (settings.streams, settings.pipeline_batches) == (2, 4)
+    monkeypatch.setenv("TRAFFIC_WORKER_PIPELINE_BATCHES", "0")
+    with pytest.raises(ConfigError, match="TRAFFIC_WORKER_PIPELINE_BATCHES"):
+        load_settings(WorkerSettings)
+
+
+@pytest.mark.gpu
+def test_cuda_runs_ultralytics_batches_with_stage_times(shared: Path) -> None:
+    """On CUDA the worker's engine is Ultralytics' (FP16, one call per batch), with per-stage times for its metrics."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine (no GPU): the CUDA batch path cannot run here")
+    import ultralytics
+
+    from workers.detector import Detector, DetectorSettings
+
+    model = next(iter(sorted(shared.glob("models/*.pt"))), None)
+    if model is None:
+        pytest.skip("no PyTorch (.pt) model in shared/models: the CUDA path needs a PyTorch model, the shared one is OpenVINO INT8")
+    detector = Detector(DetectorSettings(model=str(model), device="cuda:0", half=True, batch_size=8))
+    assert (detector.engine, detector.parallelism) == ("ultralytics", 1)
+    bus = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
+    found, times = detector.detect_timed([bus] * 8)
+    assert len(found) == 8 and times.inference > 0 and times.preprocess > 0
