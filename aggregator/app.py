@@ -1,190 +1,93 @@
-"""The faust-streaming app: detections -> per-camera counters -> per-intersection interval counts.
+"""The faust-streaming aggregator, composed: topology, the two stages, housekeeping, the metrics server.
 
-Two stages, each partitioned by the key its state needs::
+    aggregator.topology            app, topics, tables (imported by the stages; imports none of them)
+        ^          ^          ^
+    camera_stage  intersection_stage  housekeeping (uses both stages)
+        ^          ^          ^
+    aggregator.app  (this module: builds them in that order and runs the worker)
 
-    traffic.detections (key camera) ---+
-    <app>-camera-control (key camera) -+-> camera stage: CameraCounter per camera (state table
-                                       |   camera-state), de-dup by (session, seq), tracking,
-                                       |   line crossings, movements
-                                       +--> traffic.crossings (key intersection)      public
-                                       +--> <app>-by-intersection (key intersection)  internal:
-                                             crossings + camera watermarks, in order
-    <app>-by-intersection -----------------> intersection stage: de-dup crossings by event_id
-                                             (table seen), count per interval and series
-                                             (table windows), watermark (table watermarks)
-                                             +--> traffic.counts: provisional (throttled) and
-                                                  final records (closed intervals)
+See :mod:`aggregator.topology` for the data flow and the tables, the stage modules for what each
+does to one message, and ``docs/aggregator.md`` for the semantics.
 
 A stream ends by its data: the camera stage ends a session's tracks when it processes the
 session's end-of-session marker, then tells the intersection stage (a ``stream`` message); once
 every camera of an intersection has ended, its open intervals are closed and published as final.
-A housekeeping timer on every worker closes due intervals (watermark past end + grace) by sending
-a ``close`` message through the intersection topic, because faust tables may only be changed from
-inside a stream. As a fallback for streams that never send a marker (an ingester killed), it also
-closes the intervals of an intersection idle for ``idle_close_s`` and ends the tracks of cameras
-idle for ``idle_close_s / 2``.
+As a fallback for streams that never send a marker (an ingester killed), the housekeeping timer
+ends the tracks of cameras idle for ``idle_close_s / 2`` and closes the intervals of an
+intersection idle for ``idle_close_s``.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any
+import threading
+from dataclasses import dataclass
 
-import faust
-
+from aggregator.camera_stage import CameraStage
+from aggregator.housekeeping import Housekeeping
+from aggregator.intersection_stage import IntersectionStage
+from aggregator.metrics import AggregatorMetrics
 from aggregator.settings import AggregatorSettings
-from aggregator.tables import Tables, define_tables
-from traffic import clients
+from aggregator.topology import Topology, build_topology, create_internal_topics, topic_partitions
 from traffic.health import Health
 from traffic.settings import KafkaSettings, TopicSettings
-from traffic.site import Camera, Intersection, Site
+from traffic.site import Site
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Runtime:
-    """In-memory caches and throttles of one worker; none of it must survive (tables hold the state)."""
-
-    counters: dict[str, Any] = field(default_factory=dict)  # camera -> CameraCounter (cache of camera-state)
-    camera_partition: dict[str, int] = field(default_factory=dict)
-    camera_last_wall: dict[str, float] = field(default_factory=dict)
-    camera_idle_finished: set[str] = field(default_factory=set)
-    watermark_sent_ms: dict[str, int] = field(default_factory=dict)
-    stream_ended_sent: dict[str, bool] = field(default_factory=dict)  # what the intersection stage was told last
-    intersection_last_wall: dict[str, float] = field(default_factory=dict)
-    dirty: set[str] = field(default_factory=set)  # windows keys changed since the last provisional records
-    close_requested: dict[str, float] = field(default_factory=dict)
-    last_provisional: float = field(default_factory=time.monotonic)
-    last_purge: float = 0.0
-
-
-@dataclass
 class AggregatorApp:
-    """Everything the agents need: configuration, the faust app, its topics and tables."""
+    """One worker's parts, for ``run()`` and for tests."""
 
-    settings: AggregatorSettings
-    kafka: KafkaSettings
-    topics: TopicSettings
-    site: Site
-    cameras: dict[str, tuple[Intersection, Camera]]
-    app: faust.App
-    partitions: int
-    detections: Any
-    camera_control: Any
-    by_intersection: Any
-    crossings_out: Any
-    counts_out: Any
-    dlq_out: Any
-    tables: Tables
+    topology: Topology
+    cameras: CameraStage
+    intersections: IntersectionStage
+    housekeeping: Housekeeping
+    metrics: AggregatorMetrics
     health: Health
-    runtime: Runtime = field(default_factory=Runtime)
 
 
 def create_app(
     settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings, site: Site, partitions: int, health: Health | None = None
 ) -> AggregatorApp:
-    """Declare the faust app, its topics, tables and agents.
+    """Declare the faust app with its topics, tables, agents and timer."""
+    topo = build_topology(settings, kafka, topics, site, partitions)
+    metrics = AggregatorMetrics()
+    health = health or Health(checks=("kafka",), stall_s=max(60.0, 10 * settings.tick_interval_s))
+    cameras = CameraStage(topo, metrics)
+    intersections = IntersectionStage(topo, metrics)
+    housekeeping = Housekeeping(topo, cameras, intersections, metrics, health)
+    cameras.register()
+    intersections.register()
+    housekeeping.register()
+    return AggregatorApp(topo, cameras, intersections, housekeeping, metrics, health)
 
-    Args:
-        partitions: partitions of the detections topic; the internal topics and the tables get the
-            same number (faust requires tables to be co-partitioned with their source topics).
+
+def _import_tracker_in_background() -> threading.Thread:
+    """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
+
+    The first event waits for it anyway (Python's import lock); meanwhile the topic checks, the
+    faust app and the group join - network waits - go on beside it.
     """
-    from aggregator import agents
 
-    app = faust.App(
-        settings.app_id,
-        **clients.faust_options(kafka),
-        store=settings.store,
-        datadir=settings.data_dir,
-        web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066,
-        topic_partitions=partitions,
-        topic_replication_factor=topics.replication_factor,
-        key_serializer="raw",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=settings.commit_interval_s,
-        producer_acks=-1,
-        table_standby_replicas=0,
-        autodiscover=False,
-    )
+    def load() -> None:
+        import ultralytics.trackers.byte_tracker  # noqa: F401
 
-    def raw_topic(name: str, **kw: Any) -> Any:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw)
+        # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as
+        # long as the process: out of the cyclic collector's sight, so its collections, which the
+        # tracker's many short-lived arrays trigger, no longer walk them.
+        gc.freeze()
 
-    ctx = AggregatorApp(
-        settings=settings,
-        kafka=kafka,
-        topics=topics,
-        site=site,
-        cameras=site.cameras(),
-        app=app,
-        partitions=partitions,
-        detections=raw_topic(topics.detections),
-        camera_control=raw_topic(internal_topic_names(settings)[0], partitions=partitions),
-        by_intersection=raw_topic(internal_topic_names(settings)[1], partitions=partitions),
-        crossings_out=raw_topic(topics.crossings),
-        counts_out=raw_topic(topics.counts),
-        dlq_out=raw_topic(topics.dlq),
-        tables=define_tables(app, partitions),
-        health=health or Health(checks=("kafka",), stall_s=max(60.0, 10 * settings.tick_interval_s)),
-    )
-    agents.register(ctx)
-    return ctx
-
-
-def topic_partitions(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
-    """Partitions of an existing topic (kafka-python metadata); BrokerUnavailable if Kafka does not answer."""
-    from traffic.errors import ConfigError
-
-    consumer = clients.consumer(kafka, client_id=f"{topic}-probe", enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return len(found)
-            time.sleep(0.5)
-        raise ConfigError(f"topic {topic!r} does not exist (create it with `traffic topics create`)")
-    finally:
-        consumer.close()
-
-
-def internal_topic_names(settings: AggregatorSettings) -> tuple[str, str]:
-    """Names of the app's internal topics (camera control, by intersection)."""
-    return f"{settings.app_id}-camera-control", f"{settings.app_id}-by-intersection"
-
-
-def create_internal_topics(kafka: KafkaSettings, topics: TopicSettings, settings: AggregatorSettings, partitions: int) -> None:
-    """Create the internal topics with the detections' partition count (idempotent).
-
-    Why not leave it to the producer: a broker that auto-creates topics would give them its default
-    partition count, and the internal topics must be co-partitioned with the tables.
-    """
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    from traffic.topics import admin_client
-
-    admin = admin_client(kafka)
-    try:
-        existing = set(admin.list_topics())
-        for name in internal_topic_names(settings):
-            if name in existing:
-                continue
-            try:
-                admin.create_topics([NewTopic(name, partitions, topics.replication_factor, topic_configs={"retention.ms": str(topics.detections_retention_ms)})])
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()
+    thread = threading.Thread(target=load, name="import-tracker", daemon=True)
+    thread.start()
+    return thread
 
 
 def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings) -> int:
-    """Run one aggregator worker until SIGTERM / SIGINT; offsets and tables are flushed on the way out."""
+    """Run one aggregator worker until SIGTERM / SIGINT; offsets and checkpoints are flushed on the way out."""
+    importing = _import_tracker_in_background()
     from mode import Worker
 
     from traffic.health import HealthServer
@@ -195,18 +98,23 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     create_topics(kafka, topics)
     partitions = topic_partitions(kafka, topics.detections)
     create_internal_topics(kafka, topics, settings, partitions)
-    health = Health(checks=("kafka",), stall_s=max(60.0, 10 * settings.tick_interval_s))
-    ctx = create_app(settings, kafka, topics, site, partitions, health)
-    server = HealthServer(health, settings.metrics_port).start()
+    ctx = create_app(settings, kafka, topics, site, partitions)
+    server = HealthServer(ctx.health, settings.metrics_port, registry=ctx.metrics.registry).start()
     # faust warns "producer buffer full" at every burst of changelog writes (its buffer holds 100
     # messages and drains on its own): not actionable, keep it out of the logs.
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
     log.info(
         "aggregator starting",
-        extra={"app_id": settings.app_id, "detections": topics.detections, "partitions": partitions, "cameras": sorted(ctx.cameras)},
-    )
+        extra={"app_id": settings.app_id, "detections": topics.detections, "partitions": partitions, "cameras": sorted(ctx.topology.cameras),
+               "group_instance_id": settings.group_instance_id or None},
+    )  # fmt: skip
+    # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
+    # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
+    # many short-lived arrays trigger, no longer walk them.
+    importing.join()  # before the freeze: the tracker's modules are permanent too
+    gc.freeze()
     try:
-        worker = Worker(ctx.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)
+        worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)

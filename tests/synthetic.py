@@ -137,12 +137,14 @@ def synthetic_stream(
     tail_frames: int = 30,
     seed: int = 7,
     site: Site | None = None,
+    crowd: int = 0,
 ) -> SyntheticStream:
     """``per_movement`` vehicles for each (entry, exit) pair of the site, staggered ``spacing_frames`` apart.
 
     ``start_ms`` defaults to 45 s before a minute boundary (2026-01-01T00:01:00Z), so 1-minute
     intervals are split. Every frame also carries a static parked car outside all zones and lines
-    (tracked but never counted) and a pedestrian (not a counted class).
+    (tracked but never counted) and a pedestrian (not a counted class). ``crowd`` adds that many
+    parked cars (a dense scene: a car park or a queue in view), see :func:`crowd_boxes`.
     """
     site = site or synthetic_site()
     _, camera = site.camera(CAMERA)
@@ -163,11 +165,15 @@ def synthetic_stream(
         for line_id, label in _first_crossings(paths[i], site).items():
             lines[(line_id, label, v.label)] += 1
     events: list[DetectionEvent] = []
+    parked = crowd_boxes(crowd)
     for f in range(n_frames):
         dets: list[Detection] = [
             Detection(class_id=2, label="car", confidence=0.9, box=(0.85, 0.85, 0.93, 0.91)),  # parked, no zone
             Detection(class_id=0, label="person", confidence=0.8, box=(0.75, 0.1, 0.78, 0.2)),
         ]
+        for x1, y1, x2, y2 in parked:  # detector jitter of a few pixels, frame by frame
+            jx, jy = rng.uniform(-0.0015, 0.0015), rng.uniform(-0.0015, 0.0015)
+            dets.append(Detection(class_id=2, label="car", confidence=0.8, box=(x1 + jx, y1 + jy, x2 + jx, y2 + jy)))
         for i, v in enumerate(vehicles):
             k = f - v.start_frame
             if 0 <= k < len(paths[i]):
@@ -181,3 +187,30 @@ def synthetic_stream(
             )
         )  # fmt: skip
     return SyntheticStream(events, movements, lines)
+
+
+
+def _crowd_grid() -> list[tuple[float, float, float, float]]:
+    """Places for parked cars: a 9 x 9 grid in each corner (squares of side 0.26), boxes 0.016
+    wide, without the ones that overlap the other static boxes; spread over the corners."""
+    static = [(0.85, 0.85, 0.93, 0.91), (0.75, 0.1, 0.78, 0.2)]
+    out: list[tuple[float, float, float, float]] = []
+    for cx, cy in ((0.01, 0.01), (0.735, 0.01), (0.01, 0.735), (0.735, 0.735)):
+        for i in range(81):
+            x, y = cx + (i % 9) * 0.029, cy + (i // 9) * 0.029
+            box = (x, y, x + 0.016, y + 0.016)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in static):
+                out.append(box)
+    return [out[k] for k in sorted(range(len(out)), key=lambda k: (k % 4, k))]
+
+
+CROWD_MAX = len(_crowd_grid())
+"""Most parked cars :func:`crowd_boxes` can place."""
+
+
+def crowd_boxes(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` boxes of parked cars in the four corners of the picture, away from every zone, line,
+    vehicle path and the other static boxes, so they are tracked but never counted (the zones
+    start 0.3 from the corners; the vehicles' curves stay inside 0.3..0.7 there)."""
+    assert 0 <= n <= CROWD_MAX, f"crowd must be 0..{CROWD_MAX}"
+    return _crowd_grid()[:n]

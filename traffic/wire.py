@@ -91,6 +91,8 @@ class FrameHeaders:
             if name == END_OF_SESSION_HEADER:
                 end = value in (b"1", "1")
             elif name in FRAME_HEADER_NAMES or name == UNCHANGED_SINCE_HEADER:
+                if name in found:  # two values for one header: which one is true is anyone's guess
+                    raise ContractError(f"frame header {name!r} appears more than once", "bad_header")
                 try:
                     found[name] = value.decode() if isinstance(value, bytes | bytearray) else str(value)
                 except UnicodeDecodeError as exc:

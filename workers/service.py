@@ -51,6 +51,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from traffic import clients
+from traffic.capture_time import ClockReport
 from traffic.dlq import frame_dead_letter
 from traffic.errors import BadInput, ContractError
 from traffic.health import Health, HealthServer
@@ -132,6 +133,7 @@ class Worker:
         self._stop = threading.Event()
         self._pending: list[Any] = []
         self._known_cameras: set[str] | None = None
+        self._capture_limits, self._clock_report = settings.capture_limits(), ClockReport()
         if settings.site_config:
             self._known_cameras = set(load_site(settings.site_config).cameras())
         self.detector: Detector | None = None
@@ -168,6 +170,8 @@ class Worker:
             self.kafka, client_id="traffic-worker", group_id=s.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, max_poll_interval_ms=s.max_poll_interval_ms,
             max_partition_fetch_bytes=fetch, fetch_max_bytes=fetch * 4,
+            group_instance_id=s.group_instance_id or None, session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
         )  # fmt: skip
         self.consumer.subscribe([self.topics.frames], listener=_Revocations(self))
         self.health.set("kafka", False, "joining the consumer group")
@@ -256,18 +260,23 @@ class Worker:
             raise ContractError(f"frame of {len(record.value or b'')} bytes exceeds max_frame_bytes", "oversized")
         if self._known_cameras is not None and headers.camera not in self._known_cameras:
             raise ContractError(f"camera {headers.camera!r} is not in the site configuration", "unknown_camera")
+        try:
+            self._capture_limits.check(headers.capture_ms)
+        except ContractError as exc:
+            self._clock_report.refused(headers.camera, exc, headers.capture_ms, "worker")
+            raise
         if headers.end or headers.unchanged_since is not None:
             return Frame(record, headers, None)  # end-of-session marker or unchanged frame: no image, passed on as an event
         started = time.perf_counter()
         try:
-            image = decode_jpeg(record.value)
+            image = decode_jpeg(record.value, self.settings.max_frame_pixels, expect=(headers.width, headers.height))
+        except ContractError:
+            raise
         except BadInput as exc:
             raise ContractError(str(exc), "undecodable") from None
         elapsed = time.perf_counter() - started
         metrics.DECODE_SECONDS.observe(elapsed)
         metrics.STAGE_SECONDS.labels("decode").observe(elapsed)
-        if image.shape[:2] != (headers.height, headers.width):
-            raise ContractError(f"JPEG is {image.shape[1]}x{image.shape[0]}, headers say {headers.width}x{headers.height}", "size_mismatch")
         return Frame(record, headers, image)
 
     def _dispatch(self, batch: Batch) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from traffic.capture_time import DEFAULT_FUTURE_SKEW_S, DEFAULT_MAX_AGE_S, CaptureTimeLimits
+
 DEFAULT_CLASSES = "car,bus,truck,motorcycle,bicycle,person"
 
 
@@ -31,6 +33,15 @@ class WorkerSettings(BaseSettings):
     max_frame_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger frames go to the DLQ (reason oversized)")
     site_config: str = Field(default="", description="site YAML; when set, frames of unknown cameras go to the DLQ (empty = accept every camera)")
     publish_timeout_s: float = Field(default=60.0, gt=0, description="wait this long for the broker to acknowledge a batch's events before retrying it (s)")
+    max_frame_pixels: int = Field(default=3840 * 2160, gt=0, description="frames with more pixels go to the DLQ (reason too_large), read from the JPEG header before decoding")
+    capture_future_skew_s: float = Field(default=DEFAULT_FUTURE_SKEW_S, ge=0, description="frames whose capture time is further ahead of this service's clock go to the DLQ (s)")
+    capture_max_age_s: float = Field(default=DEFAULT_MAX_AGE_S, gt=0, description="frames whose capture time is older than this go to the DLQ (s)")
+    group_instance_id: str = Field(default="", description="Kafka static group membership id (stable per replica, e.g. the pod name): a restarted worker gets its partitions back at once. Empty = dynamic membership")
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000, description="consumer group session timeout (ms): how long a vanished worker holds its partitions")
+
+    def capture_limits(self) -> CaptureTimeLimits:
+        """The capture-time window around this service's clock."""
+        return CaptureTimeLimits(self.capture_future_skew_s, self.capture_max_age_s)
 
     @field_validator("device")
     @classmethod

@@ -220,7 +220,8 @@ def test_end_of_session_marker_becomes_an_end_event(kafka_settings: KafkaSetting
     producer = KafkaProducer(**kafka_settings.kafka_python(), acks="all")
     producer.send(topic_settings.frames, key=b"cam-demo", value=b"", headers=marker.to_kafka()).get(timeout=30)
     producer.close()
-    proc, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    proc, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}",
+                           {"TRAFFIC_WORKER_CAPTURE_MAX_AGE_S": str(60 * 365 * 86400)})  # capture times of 1970  # fmt: skip
     try:
         events = sorted(read_events(kafka_settings, topic_settings.detections, 4), key=lambda e: e.seq)
     finally:
@@ -262,7 +263,8 @@ def test_unchanged_frames_skip_the_model_and_say_which_frame_they_reuse(kafka_se
         producer.send(topic_settings.frames, key=b"cam-demo", value=b"", headers=headers.to_kafka())
     producer.flush()
     producer.close()
-    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}")
+    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w.log", f"g-{uuid.uuid4().hex[:6]}",
+                              {"TRAFFIC_WORKER_CAPTURE_MAX_AGE_S": str(60 * 365 * 86400)})  # capture times of 1970  # fmt: skip
     try:
         events = sorted(read_events(kafka_settings, topic_settings.detections, 6), key=lambda e: e.seq)
         reused = _metric(port, "traffic_worker_frames_reused_total")

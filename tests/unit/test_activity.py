@@ -21,7 +21,7 @@ from ingest.settings import IngestSettings
 from traffic.errors import ContractError
 from traffic.wire import Detection, DetectionEvent, FrameHeaders
 
-from .test_agg_counting import T0, events_for, run, small_site, straight, summary
+from tests.unit.aggregator.test_counting import T0, events_for, run, small_site, straight, summary
 
 RULE = ActivityRule()
 

@@ -35,13 +35,14 @@ def _exported(registry: CollectorRegistry, prefix: str) -> dict[str, tuple[str, 
 
 
 def test_code_metrics_match_the_catalog() -> None:
-    import aggregator.metrics  # noqa: F401 - registers on the default registry
-    import workers.metrics  # noqa: F401
+    import workers.metrics  # noqa: F401 - registers on the default registry
+    from aggregator.metrics import AggregatorMetrics
     from ingest.metrics import IngestMetrics
 
-    ingest_registry = CollectorRegistry()
+    ingest_registry, aggregator_registry = CollectorRegistry(), CollectorRegistry()
     IngestMetrics(ingest_registry)
-    exported = {**_exported(ingest_registry, "traffic_ingest_"), **_exported(REGISTRY, "traffic_")}
+    AggregatorMetrics(aggregator_registry)
+    exported = {**_exported(ingest_registry, "traffic_ingest_"), **_exported(aggregator_registry, "traffic_"), **_exported(REGISTRY, "traffic_")}
     catalog = _catalog()
     assert set(exported) == set(catalog), f"only in code: {set(exported) - set(catalog)}; only in catalog: {set(catalog) - set(exported)}"
     for name, (kind, labels) in exported.items():
