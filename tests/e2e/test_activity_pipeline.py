@@ -26,6 +26,7 @@ from workers.detector import DetectorSettings
 from .test_pipeline import _run
 
 
+@pytest.mark.slow  # a real-time pipeline run with a worker restart; the default suite keeps the gated offline count (tests/integration/test_count_activity.py)
 def test_gated_stream_with_a_killed_worker_gives_the_offline_counts(kafka_bootstrap: str, shared: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     video = make_video(shared / "videos" / "intersection.mp4", tmp_path / "synthetic.mp4",

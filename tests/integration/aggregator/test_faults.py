@@ -88,6 +88,7 @@ def _wait_progress(bootstrap: str, agg: Aggregator, topic: str, beyond: int, tim
     return time.monotonic() - started
 
 
+@pytest.mark.slow  # ten restarts: minutes; the default suite keeps test_restart_mid_stream_gives_the_same_final_counts
 @pytest.mark.timeout(1800)  # ten restarts on a shared machine
 def test_kill_9_at_random_points_gives_the_undisturbed_counts_and_quick_restarts(
     tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings
@@ -179,6 +180,7 @@ def _broker_faults(tmp_path: Path, broker: LocalBroker, down_s: float) -> None:
         agg.kill()
 
 
+@pytest.mark.slow  # a broker kill -9 and a 15 s outage with their recoveries: minutes
 @pytest.mark.timeout(1800)
 def test_broker_kill_9_and_outage_give_the_undisturbed_counts(tmp_path: Path, own_broker: LocalBroker) -> None:
     _broker_faults(tmp_path, own_broker, down_s=15)
