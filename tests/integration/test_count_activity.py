@@ -18,13 +18,6 @@ from workers.detector import DetectorSettings
 from .test_count_synthetic import eastbound, make_video, site_file, westbound
 
 
-@pytest.fixture(scope="module")
-def model(shared: Path) -> Path:
-    path = shared / "models" / "yolo11n_int8_openvino_model"
-    if not path.exists():
-        pytest.skip(f"shared model not found at {path}")
-    return path
-
 
 def test_gated_count_equals_the_full_count_and_saves_the_empty_road(shared: Path, model: Path, tmp_path: Path) -> None:
     video = make_video(shared / "videos" / "intersection.mp4", tmp_path / "synthetic.mp4",

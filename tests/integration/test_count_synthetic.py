@@ -143,13 +143,6 @@ def _csv(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
     return {(r[0], r[1], r[2]): dict(zip(rows[0], r)) for r in rows[1:]}
 
 
-@pytest.fixture(scope="module")
-def model(shared: Path) -> Path:
-    path = shared / "models" / "yolo11n_int8_openvino_model"
-    if not path.exists():
-        pytest.skip(f"shared model not found at {path}")
-    return path
-
 
 def test_ten_fps_recording_counts_lines_movements_and_interval(shared: Path, model: Path, tmp_path: Path) -> None:
     # 10 fps, 20 s: a car eastbound in frames 0-39, a car westbound in frames 160-199.

@@ -26,15 +26,7 @@ from traffic.wire import FrameHeaders
 
 from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
 
-MODEL = Path("models") / "yolo11n_int8_openvino_model"  # below the shared folder
 
-
-@pytest.fixture(scope="module")
-def model(shared: Path) -> Path:
-    """The shared OpenVINO model (the tests skip without it)."""
-    if not (shared / MODEL).exists():
-        pytest.skip(f"shared model not found at {shared / MODEL}")
-    return shared / MODEL
 
 
 def _topics(prefix: str, **kw) -> TopicSettings:

@@ -29,13 +29,6 @@ import ultralytics
 BUS = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
 
 
-@pytest.fixture(scope="module")
-def model(shared: Path) -> Path:
-    path = shared / "models" / "yolo11n_int8_openvino_model"
-    if not path.exists():
-        pytest.skip(f"shared model not found at {path}")
-    return path
-
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
     if proc.poll() is None:
