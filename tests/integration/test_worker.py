@@ -47,6 +47,17 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 
 
+def _wait_events_out(port: int, at_least: int, deadline: float, poll_s: float) -> None:
+    """Until the worker on ``port`` has published ``at_least`` events, or ``deadline`` (monotonic) passes."""
+    while time.monotonic() < deadline:
+        try:
+            if _metric(port, "traffic_worker_events_out_total") >= at_least:
+                return
+        except OSError:
+            pass  # not serving /metrics yet
+        time.sleep(poll_s)
+
+
 def _readyz(port: int) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
@@ -134,13 +145,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_frame(kafka_settings: KafkaSett
     group = f"g-{uuid.uuid4().hex[:6]}"
     proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if _metric(port, "traffic_worker_events_out_total") >= 40:
-                break
-        except OSError:
-            pass
-        time.sleep(0.2)
+    _wait_events_out(port, 40, deadline, 0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
@@ -278,13 +283,7 @@ def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_set
     group = f"g-{uuid.uuid4().hex[:6]}"
     proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if _metric(port, "traffic_worker_events_out_total") >= 16:
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
+    _wait_events_out(port, 16, deadline, 0.1)
     assert _stop(proc) == 0, (tmp_path / "w1.log").read_text()[-3000:]
     proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
     try:
@@ -311,13 +310,7 @@ def test_rebalance_with_batches_in_flight_loses_nothing_and_commits_everything(k
     second = None
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if _metric(port, "traffic_worker_events_out_total") >= 24:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+        _wait_events_out(port, 24, deadline, 0.1)
         second, port2 = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
         while time.monotonic() < deadline + 180:  # ready = the group gave it an assignment: the first worker's partitions were revoked
             try:
