@@ -164,15 +164,14 @@ def _ahead(state: TrackState, zones: Sequence[Zone], rules: MovementRules) -> st
     """The zone it was heading to: on along its last heading from where it was last seen.
 
     A track that stood still at its end (queued, or lost while waiting) has no last heading of
-    its own: the direction from where it started moving to where it ended stands in for it.
+    its own, and a last heading can point to no zone: the direction from where it started moving
+    to where it ended stands in for it.
     """
     tail = list(state.tail)
     step = rules.min_travel / 2
-    if math.hypot(tail[-1].x - tail[0].x, tail[-1].y - tail[0].y) < step:
-        hx, hy = state.end.x - state.start.x, state.end.y - state.start.y
-        return zone_ahead(state.end.point, (hx, hy), zones, rules.reach)
-    hx, hy = _heading(tail[::-1], step)  # from the end backwards: the reverse of the last heading
-    found = zone_ahead(state.end.point, (-hx, -hy), zones, rules.reach)
-    if found is None:
-        found = zone_ahead(state.end.point, (state.end.x - state.start.x, state.end.y - state.start.y), zones, rules.reach)
-    return found
+    if math.hypot(tail[-1].x - tail[0].x, tail[-1].y - tail[0].y) >= step:
+        hx, hy = _heading(tail[::-1], step)  # from the end backwards: the reverse of the last heading
+        found = zone_ahead(state.end.point, (-hx, -hy), zones, rules.reach)
+        if found is not None:
+            return found
+    return zone_ahead(state.end.point, (state.end.x - state.start.x, state.end.y - state.start.y), zones, rules.reach)
