@@ -87,7 +87,8 @@ def _import_tracker_in_background() -> threading.Thread:
 
 def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings) -> int:
     """Run one aggregator worker until SIGTERM / SIGINT; offsets and checkpoints are flushed on the way out."""
-    importing = _import_tracker_in_background()
+    # Counting in the loop needs the tracker here; counting processes import it themselves.
+    importing = _import_tracker_in_background() if settings.counting_processes == 0 else None
     from mode import Worker
 
     from traffic.health import HealthServer
@@ -111,7 +112,8 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
     # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
     # many short-lived arrays trigger, no longer walk them.
-    importing.join()  # before the freeze: the tracker's modules are permanent too
+    if importing is not None:
+        importing.join()  # before the freeze: the tracker's modules are permanent too
     gc.freeze()
     try:
         worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)

@@ -1,67 +1,38 @@
-"""The camera stage: detection events -> checks -> session gate -> CameraCounter -> crossings.
+"""The camera stage: detection events -> counting (in counting processes) -> crossings, progress, checkpoints.
 
-Per event, in this order (a refusal sends the input to the DLQ with the reason and goes on)::
+What happens to one detection event - the checks, the session gate, the counter - is
+:class:`aggregator.camera_shard.CameraShard`'s work; it runs in counting processes beside the
+event loop (or in it: ``counting_processes = 0``), see :mod:`aggregator.counting_pool`. This
+module is the faust side: it forwards each record of the detections and camera-control topics,
+and applies what comes back in record order - records to the public crossings topic, to the
+intersection stage and to the DLQ; metrics; checkpoints into the ``camera-state`` table.
 
-    size (oversized) -> JSON contract (malformed...) -> detections per event (too_many_detections)
-    -> camera known (unknown_camera), its intersection (intersection_mismatch), on its partition
-    (wrong_partition) -> capture time within the clock window (capture_time_future / _stale)
-    -> session gate (holds a new session until confirmed; foreign_session) -> counter
-    -> tracks limit (their tracks end early) -> crossings, progress, stream state to the
-       intersection stage
-
-State and recovery: the counter and the gate of each camera live in memory and are checkpointed
-to the ``camera-state`` table when faust commits offsets (a sensor on the commit, before the
-offsets are chosen), so every committed offset is covered by a checkpoint. After a crash faust
-redelivers from the committed offset; the restored counter drops what the checkpoint already
-holds as duplicates (by session and seq) and processes the rest exactly as the first time (the
-counting is deterministic), so the state writes are one checkpoint per camera and commit
-interval instead of a snapshot per event. Crossings of the replayed events are sent again; the
-intersection stage counts each event id once.
+State and recovery: the counter and the gate of each camera are checkpointed to the
+``camera-state`` table when faust commits offsets (a sensor on the commit, before the offsets
+are chosen, waits for every record handed over to be answered), so every committed offset is
+covered by a checkpoint. After a crash faust redelivers from the committed offset; the restored
+counter drops what the checkpoint already holds as duplicates (by session and seq) and processes
+the rest exactly as the first time (the counting is deterministic), so the state writes are one
+checkpoint per camera and commit interval instead of a snapshot per event. Crossings of the
+replayed events are sent again; the intersection stage counts each event id once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from aggregator import checkpoint
-from aggregator.counting import CameraCounter
-from aggregator.event_time import CameraProgress
+from aggregator.camera_shard import Effect, Record
+from aggregator.counting_pool import CountingPool, ShardConfig
 from aggregator.metrics import AggregatorMetrics
-from aggregator.records import CrossingMessage, FinishMessage, StreamMessage, WatermarkMessage, decode_control, encode
-from aggregator.sessions import FOREIGN, Held, SessionGate
+from aggregator.records import FinishMessage
 from aggregator.topology import Topology, camera_partition
-from traffic.capture_time import ClockReport
-from traffic.errors import ContractError
-from traffic.wire import CrossingEvent, DetectionEvent
 
 log = logging.getLogger(__name__)
-
-HELD_RAW_MAX_BYTES = 64 * 1024
-"""Held events keep their input bytes up to this size (else their compact re-encoding), to bound checkpoints."""
-
-
-@dataclass
-class _Camera:
-    """What the stage keeps in memory for one camera."""
-
-    counter: CameraCounter
-    gate: SessionGate
-    progress: CameraProgress
-    partition: int
-    last_wall: float
-    events: Any = None  # this camera's metric children (a label lookup per event costs more than the increment)
-    duplicates: Any = None
-    tracks: Any = None
-    watermark_sent: int | None = None
-    stream_sent: bool | None = None
-    idle_finished: bool = False
 
 
 class CameraStage:
@@ -71,13 +42,12 @@ class CameraStage:
         self.topo = topo
         self.metrics = metrics
         self.settings = topo.settings
-        self.limits = topo.settings.capture_limits()
-        self.clock_report = ClockReport()
-        self.cameras: dict[str, _Camera] = {}
-        self.dirty: set[str] = set()
         self._control_topic = topo.camera_control.get_topic_name()
-        self._partition_cache: dict[str, int] = {}
-        self.warmup: threading.Thread | None = None  # a thread importing the tracker, set by aggregator.app
+        config = ShardConfig(topo.settings, topo.topic_settings, topo.site, topo.partitions, self._control_topic)
+        self.pool = CountingPool(config, topo.settings.counting_processes, topo.settings.counting_in_flight, self.apply)
+        self._roles = {"crossings": topo.crossings_out, "by_intersection": topo.by_intersection, "dlq": topo.dlq_out}
+        self._metric_children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._restored: set[str] = set()  # cameras whose checkpoint the pool has been given since the last assignment
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -90,223 +60,89 @@ class CameraStage:
 
         @app.agent(source, name=f"{self.settings.app_id}.camera-stage")
         async def camera_stage(stream: Any) -> None:
-            if self.warmup is not None:  # the loop keeps heartbeating while torch finishes importing
-                await asyncio.get_running_loop().run_in_executor(None, self.warmup.join)
+            await self.pool.ready()
+            control = self._control_topic
             async for event in stream.events():
                 message = event.message
-                try:
-                    if message.topic == self._control_topic:
-                        await self.on_control(message)
-                    else:
-                        await self.on_detection(message)
-                except ContractError as exc:  # e.g. a counter refusing an event: bad input, never fatal
-                    await self.to_dlq(message, exc.reason, str(exc))
+                self.load_assigned()
+                record = Record(message.topic, message.partition, message.offset, message.key, message.value, _headers(message))
+                if message.topic == control:  # not pipelined: a finish asks for a commit right after it
+                    if await self.pool.call(record):
+                        await self.topo.app.consumer.commit()
+                else:
+                    await self.pool.submit(record)
 
         app.sensors.add(_CheckpointOnCommit(self))
+        self.pool.start(self._commit_soon)  # now: the counting processes import while faust starts and joins the group
 
         @app.on_partitions_revoked.connect
         async def forget(*args: Any, **kwargs: Any) -> None:
             self.checkpoint()  # faust commits before revoking; this covers a revocation without events since
-            self.cameras.clear()  # a partition may move: the table is the truth, re-read it
+            self._forget()  # a partition may move: the table is the truth, re-read it
 
         @app.on_partitions_assigned.connect
         async def reload(*args: Any, **kwargs: Any) -> None:
-            self.cameras.clear()
+            self._forget()
 
-    async def to_dlq(self, record: Any, reason: str, detail: str) -> None:
-        """The input, unchanged, to the DLQ with the reason; a metric and a log line."""
-        letter = self.topo.dead_letter(record, reason, detail)
-        await self.topo.dlq_out.send(key=letter.key, value=letter.value, headers=letter.headers)
-        self.metrics.dlq.labels(reason).inc()
-        log.warning("event to the DLQ", extra={"reason": reason, "detail": detail[:200], "partition": getattr(record, "partition", None), "offset": getattr(record, "offset", None)})
+    def _forget(self) -> None:
+        self.pool.reset()
+        self._restored.clear()
 
-    # -- events ------------------------------------------------------------------------------
-    async def on_detection(self, message: Any) -> None:
-        value = message.value
-        if value is None or len(value) > self.settings.max_event_bytes:
-            size = 0 if value is None else len(value)
-            await self.to_dlq(message, "oversized" if size else "empty", f"detection event of {size} bytes (limit {self.settings.max_event_bytes})")
-            return
-        event = DetectionEvent.decode(value)  # ContractError -> DLQ (in the agent)
-        if len(event.detections) > self.settings.max_detections:
-            raise ContractError(f"{len(event.detections)} detections in one event (limit {self.settings.max_detections})", "too_many_detections")
-        found = self.topo.cameras.get(event.camera)
-        if found is None:
-            raise ContractError(f"camera {event.camera!r} is not in the site configuration", "unknown_camera")
-        if found[0].id != event.intersection:
-            raise ContractError(f"camera {event.camera!r} belongs to {found[0].id!r}, event says {event.intersection!r}", "intersection_mismatch")
-        expected = self.partition_of(event.camera)
-        if message.partition != expected:
-            raise ContractError(
-                f"event of camera {event.camera!r} on partition {message.partition}; its events belong on {expected} (key = camera id, default partitioner)",
-                "wrong_partition",
-            )
-        try:
-            self.limits.check(event.capture_ms)
-        except ContractError as exc:
-            self.metrics.capture_time_refused.labels(event.camera, exc.reason).inc()
-            self.clock_report.refused(event.camera, exc, event.capture_ms, "aggregator")
-            raise
-        cam = self.camera(event.camera)
-        cam.last_wall, cam.idle_finished = time.monotonic(), False
-        cam.events.inc()
-        counter = cam.counter
-        held = Held(event, value if len(value) <= HELD_RAW_MAX_BYTES else event.encode(), message.key, _headers(message), (message.topic, message.partition, message.offset))
-        gated = cam.gate.offer(held, counter.session, counter.next_seq, counter.stream_ended)
-        for refused in gated.refused:
-            await self.to_dlq(_HeldRecord(refused), FOREIGN, f"session {refused.event.session!r} of camera {event.camera!r} is not the camera's stream (its current session went on)")
-        duplicates = counter.duplicates
-        crossings: list[CrossingEvent] = []
-        for accepted in gated.feed:
-            crossings += counter.update(accepted)
-            cam.progress.observe(accepted.capture_ms)
-        if counter.active_tracks > self.settings.max_tracks:
-            crossings += self._shed(event.camera, cam, "tracks")
-        if counter.duplicates > duplicates:
-            cam.duplicates.inc(counter.duplicates - duplicates)
-        pure_duplicate = bool(gated.feed) and not gated.refused and counter.duplicates - duplicates == len(gated.feed)
-        if not pure_duplicate or cam.gate.waiting or crossings:
-            self.dirty.add(event.camera)  # a pure duplicate changes nothing worth a checkpoint
-        await self._publish(crossings)
-        await self._report(event.camera, cam)
-        cam.tracks.set(counter.active_tracks)
+    def _commit_soon(self) -> None:
+        asyncio.ensure_future(self.topo.app.consumer.commit())
 
-    async def on_control(self, message: Any) -> None:
-        """A finish wake-up from the housekeeping timer: end the tracks of a camera still idle at that position."""
-        command = decode_control(message.value)
-        if command.camera not in self.topo.cameras:
-            raise ContractError(f"finish for camera {command.camera!r}, which is not in the site configuration", "unknown_camera")
-        cam = self.camera(command.camera)
-        counter = cam.counter
-        idle = time.monotonic() - cam.last_wall >= self.settings.idle_close_s / 2
-        if (counter.session, counter.next_seq, counter.events) != (command.session, command.next_seq, command.events) or not idle:
-            return  # stale (events came since it was sent) or repeated: nothing to do
-        crossings = counter.finish()
-        cam.idle_finished = True
-        await self._publish(crossings)
-        await self._report(command.camera, cam, force=True)
-        self.metrics.active_tracks.labels(command.camera).set(counter.active_tracks)
-        self.dirty.add(command.camera)
-        log.info("idle camera: tracks ended", extra={"camera": command.camera, "crossings": len(crossings)})
-        # commit now: the checkpoint then holds the finish, so a crash cannot replay it after newer events
-        await self.topo.app.consumer.commit()
+    # -- effects -----------------------------------------------------------------------------
+    def apply(self, effects: list[Effect]) -> bool:
+        """Apply a record's effects in order (buffered sends, flushed before offsets are committed); True if they ask for a commit."""
+        commit = False
+        for effect in effects:
+            tag = effect[0]
+            if tag == "send":
+                _, role, key, value, headers, crossing_ms = effect
+                self._roles[role].send_soon(key=key, value=value, headers=headers)
+                if crossing_ms is not None:
+                    self.metrics.count_latency.observe(max(0.0, time.time() - crossing_ms / 1000))
+            elif tag == "inc":
+                self._metric(effect[1], effect[2]).inc(effect[3])
+            elif tag == "set":
+                self._metric(effect[1], effect[2]).set(effect[3])
+            elif tag == "state":
+                self.topo.tables.camera_state[effect[1].encode()] = effect[2]
+            elif tag == "commit":
+                commit = True
+        return commit
 
-    # -- per-camera state --------------------------------------------------------------------
-    def partition_of(self, camera: str) -> int:
-        """The partition a camera's events belong on: the Kafka default partitioner on the camera id key."""
-        partition = self._partition_cache.get(camera)
-        if partition is None:
-            partition = self._partition_cache[camera] = camera_partition(camera, self.topo.partitions)
-        return partition
+    def _metric(self, name: str, labels: tuple[str, ...]) -> Any:
+        """The metric child (a label lookup per event costs more than the increment: cached)."""
+        child = self._metric_children.get((name, labels))
+        if child is None:
+            metric = getattr(self.metrics, name)
+            child = self._metric_children[(name, labels)] = metric.labels(*labels) if labels else metric
+        return child
 
-    def camera(self, camera: str) -> _Camera:
-        """The camera's counter and gate: from memory, else its checkpoint, else new."""
-        cam = self.cameras.get(camera)
-        if cam is not None:
-            return cam
-        s = self.settings
-        counter, gate = None, None
-        data = self.topo.tables.camera_state.get(camera.encode())
-        if data is not None:
-            try:
-                snapshot, gate = checkpoint.decode(camera, data)
-                counter = CameraCounter.restore(self.topo.site, camera, snapshot, s.reorder_limit)
-                log.info("camera state restored", extra={"camera": camera, "session": counter.session, "next_seq": counter.next_seq, "bytes": len(data)})
-            except Exception as exc:  # noqa: BLE001 - an untrusted changelog record: start afresh, never crash-loop
-                self.metrics.state_restore_failed.labels(camera).inc()
-                log.error("camera checkpoint refused: the camera starts afresh", extra={"camera": camera, "error": str(exc)[:200], "bytes": len(data)})
-                counter, gate = None, None
-        if counter is None or gate is None:
-            counter = CameraCounter(self.topo.site, camera, s.reorder_limit)
-            gate = SessionGate(confirm_events=s.session_confirm_events)
-        m = self.metrics
-        cam = self.cameras[camera] = _Camera(
-            counter, gate, CameraProgress(s.watermark_quorum), self.partition_of(camera), time.monotonic(),
-            m.events.labels(camera), m.duplicates.labels(camera), m.active_tracks.labels(camera),
-        )  # fmt: skip
-        return cam
+    # -- state -------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Write the checkpoint of every camera changed since the last one (see the module docstring).
 
-    def checkpoint(self) -> int:
-        """Write the checkpoint of every camera changed since the last one; returns bytes written.
-
-        Synchronous (faust's table writes are), called when faust is about to commit: the writes
-        are flushed with the commit, before the offsets are.
+        Synchronous (faust's table writes and its commit hook are), called when faust is about to
+        commit: the writes are flushed with the commit, before the offsets are.
         """
-        written = 0
-        for camera in sorted(self.dirty):
-            cam = self.cameras.get(camera)
-            if cam is None:
-                continue
-            data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
-            if len(data) > self.settings.max_state_bytes:
-                crossings = self._shed(camera, cam, "bytes")
-                for crossing in crossings:  # outside a stream: buffered sends, flushed with the commit
-                    self._send_crossing_soon(crossing)
-                data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
-            self.topo.tables.camera_state[camera.encode()] = data
-            self.metrics.state_bytes.labels(camera).set(len(data))
-            self.metrics.checkpoint_bytes.inc(len(data))
-            written += len(data)
-        self.dirty.clear()
-        return written
-
-    def _shed(self, camera: str, cam: _Camera, limit: str) -> list[CrossingEvent]:
-        """End every track of a camera whose state passed a limit (its movements are decided now)."""
-        before = cam.counter.active_tracks
-        crossings = cam.counter.finish()
-        self.metrics.state_shed.labels(camera, limit).inc()
-        log.warning("camera state over its limit: tracks ended early", extra={"camera": camera, "limit": limit, "tracks": before, "crossings": len(crossings)})
-        return crossings
-
-    def idle_cameras(self, now: float) -> list[tuple[int, FinishMessage]]:
-        """(partition, finish message) for cameras idle for half the idle time with tracks or buffered events."""
-        out = []
-        for camera, cam in self.cameras.items():
-            if cam.idle_finished or now - cam.last_wall < self.settings.idle_close_s / 2:
-                continue
-            counter = cam.counter
-            cam.idle_finished = True
-            if counter.active_tracks == 0 and counter.pending == 0:
-                continue
-            out.append((cam.partition, FinishMessage(camera=camera, session=counter.session, next_seq=counter.next_seq, events=counter.events)))
-        return out
+        self.pool.checkpoint()
 
     def load_assigned(self) -> None:
-        """Bring every camera of the assigned partitions into memory (so the idle timer sees them after a restart)."""
+        """Give the pool the checkpoint of every camera of the assigned partitions it has not had (before their records)."""
         for raw in list(self.topo.tables.camera_state.keys()):
             camera = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            if camera in self.topo.cameras and camera not in self.cameras:
-                self.camera(camera)
+            if camera in self._restored or camera not in self.topo.cameras:
+                continue
+            self._restored.add(camera)
+            data = self.topo.tables.camera_state.get(raw)
+            if data is not None:
+                self.pool.restore(camera_partition(camera, self.topo.partitions), camera, data)
 
-    # -- output ------------------------------------------------------------------------------
-    async def _publish(self, crossings: list[CrossingEvent]) -> None:
-        for crossing in crossings:
-            key = crossing.intersection.encode()
-            await self.topo.crossings_out.send(key=key, value=crossing.encode())
-            await self.topo.by_intersection.send(key=key, value=encode(CrossingMessage(crossing=crossing)))
-            self.metrics.count_latency.observe(max(0.0, time.time() - crossing.time_ms / 1000))
-
-    def _send_crossing_soon(self, crossing: CrossingEvent) -> None:
-        key = crossing.intersection.encode()
-        self.topo.crossings_out.send_soon(key=key, value=crossing.encode())
-        self.topo.by_intersection.send_soon(key=key, value=encode(CrossingMessage(crossing=crossing)))
-
-    async def _report(self, camera: str, cam: _Camera, force: bool = False) -> None:
-        """Tell the intersection stage the camera's progress (every watermark_interval_ms) and stream state (on change)."""
-        counter = cam.counter
-        intersection = counter.intersection_id
-        key = intersection.encode()
-        if counter.stream_ended or force:
-            if counter.last_capture_ms is not None:
-                cam.progress.force(counter.last_capture_ms)  # nothing earlier will come
-        wm = cam.progress.watermark
-        if wm is not None and (force or counter.stream_ended or cam.watermark_sent is None or wm >= cam.watermark_sent + self.settings.watermark_interval_ms):
-            if cam.watermark_sent != wm:
-                cam.watermark_sent = wm
-                await self.topo.by_intersection.send(key=key, value=encode(WatermarkMessage(intersection=intersection, camera=camera, time_ms=wm)))
-        if cam.stream_sent != counter.stream_ended:  # after a restart: said once again
-            cam.stream_sent = counter.stream_ended
-            await self.topo.by_intersection.send(key=key, value=encode(StreamMessage(intersection=intersection, camera=camera, ended=counter.stream_ended)))
+    async def idle_cameras(self, now: float) -> list[tuple[int, FinishMessage]]:
+        """(partition, finish message) for cameras idle for half the idle time with tracks or buffered events."""
+        return await self.pool.idle_cameras(now)
 
 
 class _CheckpointOnCommit(faust.Sensor):
@@ -322,37 +158,6 @@ class _CheckpointOnCommit(faust.Sensor):
         except Exception:  # noqa: BLE001 - never break faust's commit; the next commit writes them
             log.exception("checkpoint failed; retried at the next commit")
         return None
-
-
-@dataclass(frozen=True)
-class _HeldRecord:
-    """A held event seen as the record it came in (for the DLQ copy)."""
-
-    held: Held
-
-    @property
-    def key(self) -> bytes | None:
-        return self.held.key
-
-    @property
-    def value(self) -> bytes:
-        return self.held.value
-
-    @property
-    def headers(self) -> list[tuple[str, bytes]]:
-        return list(self.held.headers)
-
-    @property
-    def topic(self) -> str:
-        return self.held.source[0]
-
-    @property
-    def partition(self) -> int:
-        return self.held.source[1]
-
-    @property
-    def offset(self) -> int:
-        return self.held.source[2]
 
 
 def _headers(message: Any) -> tuple[tuple[str, bytes], ...]:

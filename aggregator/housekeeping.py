@@ -56,7 +56,7 @@ class Housekeeping:
         self.health.set("kafka", True)
         now = time.monotonic()
         self.cameras.load_assigned()
-        for partition, finish in self.cameras.idle_cameras(now):
+        for partition, finish in await self.cameras.idle_cameras(now):
             await self.topo.camera_control.send(key=finish.camera.encode(), value=encode(finish), partition=partition)
         for intersection in self.intersections.due_intersections(now):
             await self.topo.by_intersection.send(key=intersection.encode(), value=encode(CloseMessage(intersection=intersection)))

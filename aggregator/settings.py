@@ -41,6 +41,8 @@ class AggregatorSettings(BaseSettings):
     session_confirm_events: int = Field(default=3, ge=1, le=50, description="events of a new stream session that confirm it before the camera switches to it")
     changelog_segment_s: int = Field(default=600, ge=60, description="segment length of the tables' changelog topics (s): compaction only cleans closed segments, so this bounds what a restart replays")
     group_instance_id: str = Field(default="", description="Kafka static group membership id (stable per replica, e.g. the pod name): a restarted worker gets its partitions back at once. Empty = dynamic membership")
+    counting_processes: int = Field(default=1, ge=0, le=64, description="processes that count cameras beside the event loop, cameras sharded by partition (one per core the pod may use, beside the loop's own); 0 = count in the event loop")
+    counting_in_flight: int = Field(default=8, ge=1, le=1024, description="records handed to a counting process and not yet answered, at most; a commit waits for them")
     session_timeout_s: float = Field(default=10.0, ge=6, le=300, description="consumer group session timeout (s): how long a vanished worker holds its partitions")
 
     def capture_limits(self) -> CaptureTimeLimits:

@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import faust
-from kafka.partitioner.default import murmur2
 
 from aggregator.settings import AggregatorSettings
 from aggregator.windows import Cell, CountKey, Seen
 from traffic import clients
-from traffic.dlq import DeadLetter, dead_letter, event_dead_letter
+from traffic.partitions import camera_partition
+from traffic.dlq import DeadLetter, bounded_dead_letter
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import Camera, Intersection, Site
 
@@ -202,12 +202,6 @@ class Tables:
         return [self.camera_state] + [view.table for view in (self.windows, self.seen, self.watermarks, self.camera_watermarks, self.streams)]
 
 
-def camera_partition(camera: str | bytes, partitions: int) -> int:
-    """The partition of a camera's detections: the Kafka default partitioner (murmur2) on the camera id key."""
-    key = camera.encode() if isinstance(camera, str) else camera
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 class CameraStateTable(faust.Table):
     """``camera-state``: written when faust commits (outside any stream), to the partition of the camera's detections.
 
@@ -278,11 +272,7 @@ class Topology:
         The value is the input unchanged; one too large for the DLQ topic or the producer goes
         without it (``value_kept: false``, its size and SHA-256 kept): a DLQ write never fails for size.
         """
-        letter = event_dead_letter(record, self.topic_settings, stage="aggregator", reason=reason, detail=detail)
-        room = min(self.settings.max_request_bytes, self.topic_settings.max_message_bytes) - 64 * 1024
-        if len(letter.value or b"") > room:
-            letter = dead_letter(record, stage="aggregator", reason=reason, detail=detail, topic=self.topic_settings.dlq, keep_value=False)
-        return letter
+        return bounded_dead_letter(record, self.topic_settings, self.settings.max_request_bytes, stage="aggregator", reason=reason, detail=detail)
 
 
 def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSettings, site: Site, partitions: int) -> Topology:

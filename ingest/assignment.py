@@ -29,13 +29,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from kafka.partitioner.default import murmur2
-
-
-def camera_partition(camera_id: str, partitions: int) -> int:
-    """The assignment-topic partition of ``camera_id`` (Kafka's default partitioner for that key)."""
-    assert partitions >= 1, "need at least one partition"
-    return (murmur2(camera_id.encode()) & 0x7FFFFFFF) % partitions
+from traffic.partitions import camera_partition
 
 
 def cameras_by_partition(camera_ids: Iterable[str], partitions: int) -> dict[int, list[str]]:

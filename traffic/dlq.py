@@ -152,3 +152,16 @@ def frame_dead_letter(record: Any, topics: TopicSettings, *, stage: str, reason:
 def event_dead_letter(record: Any, topics: TopicSettings, *, stage: str, reason: str, detail: str) -> DeadLetter:
     """A refused event or message without images: to the DLQ, unchanged, with the DLQ's retention."""
     return dead_letter(record, stage=stage, reason=reason, detail=detail, topic=topics.dlq, keep_value=True)
+
+
+def bounded_dead_letter(record: Any, topics: TopicSettings, max_request_bytes: int, *, stage: str, reason: str, detail: str) -> DeadLetter:
+    """:func:`event_dead_letter`, without the value if it would not fit the DLQ topic or the producer.
+
+    A DLQ write never fails for size: a value too large goes without it (``value_kept: false``,
+    its size and SHA-256 kept).
+    """
+    letter = event_dead_letter(record, topics, stage=stage, reason=reason, detail=detail)
+    room = min(max_request_bytes, topics.max_message_bytes) - 64 * 1024
+    if len(letter.value or b"") > room:
+        letter = dead_letter(record, stage=stage, reason=reason, detail=detail, topic=topics.dlq, keep_value=False)
+    return letter

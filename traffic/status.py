@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from traffic.errors import TrafficError
+from traffic.partitions import camera_partition
 from traffic.settings import KafkaSettings, TopicSettings
 
 KEDA_GROUP, KEDA_VERSION = "keda.sh", "v1alpha1"
@@ -68,13 +69,6 @@ class Status:
     intersections: list[IntersectionStatus]
     ingest: str  # what is known of the ingest Deployment
     kubernetes_error: str = ""
-
-
-def camera_partition(camera: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives key ``camera`` (what the ingester uses)."""
-    from kafka.partitioner.default import murmur2
-
-    return (murmur2(camera.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _iso(ms: int) -> str:

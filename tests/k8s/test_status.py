@@ -21,7 +21,7 @@ from tests.k8s.conftest import wait_for
 from tests.k8s.manifests import retarget
 from traffic import clients
 from traffic.site import load_site
-from traffic.status import camera_partition
+from traffic.partitions import camera_partition
 from traffic.wire import CountRecord
 
 

@@ -1,0 +1,262 @@
+"""Where the cameras' counting runs: in counting processes beside the event loop, or in it.
+
+Why processes: the counting (ByteTrack, lines, zones) is pure Python and numpy, so in the event
+loop it and faust's own work per record (fetch, stream, acks, sends, commits) take turns on one
+core. With ``counting_processes >= 1`` the camera stage only forwards each record's bytes to a
+counting process (:mod:`aggregator.counting_process`, which runs a
+:class:`~aggregator.camera_shard.CameraShard`) and applies the effects it returns, while the
+process counts the next record: the two overlap, and with more processes, cameras of different
+partitions count on different cores. ``counting_processes = 0`` runs the same shard in the loop.
+
+Ordering and delivery (the same as in the loop):
+
+* Records are sharded by partition (``partition % processes``), and a camera's records are all
+  on its partition: one process sees all of a camera's records, in partition order. Replies come
+  back in request order, so effects are applied in record order.
+* At most ``counting_in_flight`` records per process are handed over and not yet answered.
+* When faust commits, :meth:`CountingPool.checkpoint` asks every process for its checkpoints and
+  waits (blocking: faust's commit hook is synchronous) until every reply before it is applied:
+  the checkpoints then cover every record faust acked, as in the loop.
+* A counting process that dies takes the aggregator down at once (``os._exit``), without a
+  commit: the records it had are redelivered after the restart, nothing acked is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from aggregator.settings import AggregatorSettings
+from traffic.settings import TopicSettings
+from traffic.site import Site
+
+if TYPE_CHECKING:
+    from aggregator.camera_shard import CameraShard, Effect, Record
+    from aggregator.records import FinishMessage
+
+log = logging.getLogger(__name__)
+
+PIPE_BYTES = 1024 * 1024
+"""Pipe buffer asked for (Linux F_SETPIPE_SZ): records in flight fit without blocking the loop."""
+EXIT_CHILD_DIED = 70
+
+Apply = Callable[[list["Effect"]], bool]
+"""Applies effects in order; True if they asked for a commit."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """What a shard is built from (sent to each counting process as its first message)."""
+
+    settings: AggregatorSettings
+    topics: TopicSettings
+    site: Site
+    partitions: int
+    control_topic: str
+
+    def build(self) -> CameraShard:
+        from aggregator.camera_shard import CameraShard
+
+        return CameraShard(self.settings, self.topics, self.site, self.partitions, self.control_topic)
+
+
+class _Child:
+    """One counting process and its two pipes."""
+
+    def __init__(self, index: int, config: ShardConfig, in_flight: int) -> None:
+        self.index = index
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        for fd in (to_child_w, from_child_w):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, 1031, PIPE_BYTES)  # F_SETPIPE_SZ
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aggregator.counting_process", str(to_child_r), str(from_child_w), str(index)],
+            pass_fds=(to_child_r, from_child_w), close_fds=True,
+        )  # fmt: skip
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.out = Connection(to_child_w, readable=False)
+        self.inp = Connection(from_child_r, writable=False)
+        self.pending: collections.deque[tuple[str, asyncio.Future[Any] | None]] = collections.deque()
+        self.slots = asyncio.Semaphore(in_flight)
+        self.ready: asyncio.Future[Any] | None = None
+        self.out.send_bytes(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class CountingPool:
+    """The camera shards of one aggregator worker (see the module docstring)."""
+
+    def __init__(self, config: ShardConfig, processes: int, in_flight: int, apply: Apply) -> None:
+        self.config = config
+        self.processes = processes
+        self.in_flight = in_flight
+        self.apply = apply
+        self._children: list[_Child] = []
+        self._inline: CameraShard | None = None
+        self._commit_soon: Callable[[], None] = lambda: None
+        self._attached = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self, commit_soon: Callable[[], None]) -> None:
+        """Start the counting processes now (they import the counting core while Kafka is set up)."""
+        self._commit_soon = commit_soon
+        if self.processes == 0:
+            self._inline = self.config.build()
+            return
+        for index in range(self.processes):
+            child = _Child(index, self.config, self.in_flight)
+            child.pending.append(("ready", None))
+            self._children.append(child)
+        log.info("counting processes started", extra={"processes": self.processes, "pids": [c.proc.pid for c in self._children], "in_flight": self.in_flight})
+
+    def _attach(self) -> None:
+        """Read the replies from inside the event loop (once, from the first request made in it)."""
+        if self._attached or not self._children:
+            return
+        self._attached = True
+        loop = asyncio.get_running_loop()
+        for child in self._children:
+            child.ready = loop.create_future()
+            child.pending[0] = ("ready", child.ready)
+            loop.add_reader(child.inp.fileno(), self._readable, child)
+
+    async def ready(self) -> None:
+        """Until every counting process has imported the counting core and built its shard."""
+        self._attach()
+        for child in self._children:
+            assert child.ready is not None
+            await child.ready
+
+    # -- requests ------------------------------------------------------------------------------
+    async def submit(self, record: Record) -> None:
+        """Hand a record over; its effects are applied when its reply comes (in record order)."""
+        if self._inline is not None:
+            if self.apply(self._inline.process(record)):
+                self._commit_soon()
+            return
+        child = self._child_of(record.partition)
+        await child.slots.acquire()
+        self._send(child, ("rec", record), "rec", None)
+
+    async def call(self, record: Record) -> bool:
+        """Process one record and wait until its effects are applied; True if they ask for a commit."""
+        if self._inline is not None:
+            return self.apply(self._inline.process(record))
+        child = self._child_of(record.partition)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._send(child, ("rec", record), "call", fut)
+        return bool(await fut)
+
+    def restore(self, partition: int, camera: str, data: bytes) -> None:
+        """A camera's checkpoint, before any of its records (requests are answered in order)."""
+        if self._inline is not None:
+            self.apply(self._inline.restore(camera, data))
+            return
+        self._send(self._child_of(partition), ("restore", camera, data), "effects", None)
+
+    def reset(self) -> None:
+        """Every shard forgets its cameras (after a rebalance the table is the truth)."""
+        if self._inline is not None:
+            self._inline.reset()
+            return
+        for child in self._children:
+            self._send(child, ("reset",), "none", None)
+
+    async def idle_cameras(self, now: float) -> list[tuple[int, FinishMessage]]:
+        """(partition, finish message) of the idle cameras of every shard."""
+        if self._inline is not None:
+            return self._inline.idle_cameras(now)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for child in self._children:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._send(child, ("idle", now), "value", fut)
+            futures.append(fut)
+        out: list[tuple[int, FinishMessage]] = []
+        for fut in futures:
+            out += await fut
+        return out
+
+    def checkpoint(self) -> None:
+        """Every shard's checkpoints applied, after every reply before them (blocking; see the module docstring)."""
+        if self._inline is not None:
+            self.apply(self._inline.checkpoint())
+            return
+        started = [c for c in self._children if c.ready is not None and c.ready.done()]  # one still importing has counted nothing
+        for child in started:
+            self._send(child, ("ckpt",), "effects", None)
+        for child in started:
+            while child.pending:
+                self._receive(child, block=True)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _child_of(self, partition: int) -> _Child:
+        return self._children[partition % len(self._children)]
+
+    def _send(self, child: _Child, request: tuple[Any, ...], kind: str, fut: asyncio.Future[Any] | None) -> None:
+        self._attach()
+        child.pending.append((kind, fut))
+        try:
+            child.out.send_bytes(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            self._died(child, exc)
+
+    def _readable(self, child: _Child) -> None:
+        try:
+            while child.pending and child.inp.poll():
+                self._receive(child, block=False)
+        except (EOFError, OSError) as exc:
+            self._died(child, exc)
+
+    def _receive(self, child: _Child, block: bool) -> None:
+        try:
+            reply = pickle.loads(child.inp.recv_bytes())  # noqa: S301 - our own child process
+        except (EOFError, OSError) as exc:
+            self._died(child, exc)
+        kind, fut = child.pending.popleft()
+        if kind == "rec":
+            child.slots.release()
+            if self.apply(reply):
+                self._commit_soon()
+        elif kind == "call":
+            assert fut is not None
+            asked = self.apply(reply)
+            if not fut.done():
+                fut.set_result(asked)
+        elif kind == "effects":
+            self.apply(reply)
+        elif fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    def _died(self, child: _Child, exc: BaseException) -> None:
+        """A counting process is gone: so is its state; stop at once, without a commit (the records come again)."""
+        code = child.proc.poll()
+        log.critical("counting process died: the aggregator stops without committing", extra={"process": child.index, "exit": code, "error": repr(exc)})
+        logging.shutdown()
+        os._exit(EXIT_CHILD_DIED)
+
+    def close(self) -> None:
+        """Stop the counting processes (end of their input: they exit)."""
+        for child in self._children:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(child.inp.fileno())
+            with contextlib.suppress(OSError):
+                child.out.close()
+        for child in self._children:
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+        self._children.clear()
