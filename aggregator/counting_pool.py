@@ -242,10 +242,12 @@ class CountingPool:
 
     def _died(self, child: _Child, exc: BaseException) -> None:
         """A counting process is gone: so is its state; stop at once, without a commit (the records come again)."""
-        code = child.proc.poll()
-        log.critical("counting process died: the aggregator stops without committing", extra={"process": child.index, "exit": code, "error": repr(exc)})
-        logging.shutdown()
-        os._exit(EXIT_CHILD_DIED)
+        try:
+            code = child.proc.poll()
+            log.critical("counting process died: the aggregator stops without committing", extra={"counting_process": child.index, "exit": code, "error": repr(exc)})
+            logging.shutdown()
+        finally:
+            os._exit(EXIT_CHILD_DIED)
 
     def close(self) -> None:
         """Stop the counting processes (end of their input: they exit)."""

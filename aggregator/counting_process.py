@@ -65,7 +65,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
     in_fd, out_fd, index = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    logging.getLogger(__name__).debug("counting process up", extra={"process": index, "pid": os.getpid()})
+    logging.getLogger(__name__).debug("counting process up", extra={"counting_process": index, "pid": os.getpid()})
     try:
         return serve(Connection(in_fd, writable=False), Connection(out_fd, readable=False))
     except BrokenPipeError:

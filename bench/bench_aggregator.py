@@ -12,14 +12,17 @@ and for each scene:
 
 * baseline - ``CameraCounter.update()`` in a plain Python loop over the decoded events
   (tracking + counting only), timed right before the app run of the same scene;
-* faust    - the real app (``traffic aggregate`` subprocess, a fresh app id per scene) consuming
-  the same events from a local Kafka 4 broker: events/s from the first produced event to the last
-  committed offset, the app's CPU time per event, and the bytes it wrote to its changelog topics
-  (table state) per event;
+* faust    - the real app (``traffic aggregate`` subprocess, a fresh app id per run) consuming
+  the same events from a local Kafka 4 broker, twice: counting in the event loop
+  (``counting_processes=0``, the design before the counting process) and in one counting process
+  beside it (the default). Events/s from the first produced event to the last processed one (the
+  app's ``traffic_aggregator_events_total``, read from its /metrics; offsets are committed up to
+  ``commit_interval_s`` later), the CPU time per event of the app and its counting process, and
+  the bytes it wrote to its changelog topics (table state) per event;
 * latency  - (sparse only) one camera sending in real time (10 fps, capture time = now): publish
-  time of each crossing (its Kafka timestamp) minus its capture time, p50 / p95. Movements are
-  decided ``track_timeout_s`` (1 s here) of stream time after the vehicle was last seen; that
-  wait is part of the capture time of the deciding frame, so it is *not* in this latency.
+  time of each crossing (its Kafka timestamp) minus its time, p50 / p95, for line crossings and
+  movements apart. Movements are decided ``track_timeout_s`` (1 s here) after the vehicle was
+  last seen and carry the time it was last seen, so that wait is in their latency.
 
 Prints a table and writes it to ``docs/benchmarks.md`` under ``## Aggregator``.
 
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +87,16 @@ def scenes() -> list[Scene]:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads)."""
+    """User + system CPU seconds of a process (all threads) and of its child processes (the counting processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(cpu_s(int(child)) for child in children)
+    return total
 
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
@@ -97,6 +108,25 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
     finally:
         admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def processed(port: int) -> int:
+    """Detection events the app has processed (its events counter, all cameras)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("traffic_aggregator_events_total{")))
+
+
+def wait_processed(port: int, n: int, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> float:
+    deadline = time.monotonic() + timeout_s
+    while processed(port) < n:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"aggregator did not process {n} events within {timeout_s} s (exit {proc.poll()})")
+        time.sleep(0.05)
+    return time.monotonic()
 
 
 def wait_committed(bootstrap: str, group: str, topic: str, n: int, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> float:
@@ -152,7 +182,7 @@ def baseline(events: list[DetectionEvent]) -> tuple[float, float]:
 class App:
     """One ``traffic aggregate`` process with its own topics and app id."""
 
-    def __init__(self, bootstrap: str, tmp: Path, name: str) -> None:
+    def __init__(self, bootstrap: str, tmp: Path, name: str, counting_processes: int) -> None:
         prefix = f"bench{uuid.uuid4().hex[:6]}"
         self.topics = TopicSettings(
             frames=f"{prefix}.frames", detections=f"{prefix}.detections", crossings=f"{prefix}.crossings",
@@ -163,10 +193,12 @@ class App:
         site_file.write_text(yaml.safe_dump(SITE))
         self.bootstrap = bootstrap
         self.app_id = f"agg-{prefix}-{name}"
+        self.port = free_port()
         env = {
             **os.environ, "TRAFFIC_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TRAFFIC_AGGREGATOR_SITE_CONFIG": str(site_file),
             "TRAFFIC_AGGREGATOR_APP_ID": self.app_id, "TRAFFIC_AGGREGATOR_DATA_DIR": str(tmp / f"faust-{name}"),
-            "TRAFFIC_AGGREGATOR_METRICS_PORT": str(free_port()), "TRAFFIC_AGGREGATOR_COMMIT_INTERVAL_S": "2",
+            "TRAFFIC_AGGREGATOR_METRICS_PORT": str(self.port), "TRAFFIC_AGGREGATOR_COMMIT_INTERVAL_S": "2",
+            "TRAFFIC_AGGREGATOR_COUNTING_PROCESSES": str(counting_processes),
             "TRAFFIC_AGGREGATOR_IDLE_CLOSE_S": "600", "TRAFFIC_AGGREGATOR_CAPTURE_MAX_AGE_S": str(10 * 365 * 86400),
             "TRAFFIC_LOG_LEVEL": "WARNING",
             **{f"TRAFFIC_TOPICS_{k.upper()}": str(v) for k, v in self.topics.model_dump().items()},
@@ -177,11 +209,11 @@ class App:
         self.sent = 0
 
     def feed(self, events: list[DetectionEvent]) -> float:
-        """Send and wait until all are committed; seconds from the first send."""
+        """Send and wait until all are processed; seconds from the first send."""
         t0 = time.monotonic()
         send(self.producer, self.topics.detections, events)
         self.sent += len(events)
-        return wait_committed(self.bootstrap, self.app_id, self.topics.detections, self.sent, self.proc) - t0
+        return wait_processed(self.port, self.sent, self.proc) - t0
 
     def stop(self) -> None:
         self.producer.close()
@@ -190,26 +222,33 @@ class App:
         self.log.close()
 
 
+MODES = {"loop": 0, "process": 1}
+"""App runs per scene: counting in the event loop (before), in one counting process (after, the default)."""
+
+
 def run_scene(bootstrap: str, tmp: Path, scene: Scene, with_latency: bool) -> dict[str, float]:
-    warmup = synthetic_stream(per_movement=1, session=f"warmup-{scene.name}").events[:100]
-    app = App(bootstrap, tmp, scene.name)
-    try:
-        app.feed(warmup)
-        before = changelog_bytes(bootstrap, app.app_id)
-        r: dict[str, float] = {"events": len(scene.events)}
-        r["baseline_eps"], r["baseline_cpu_ms_per_event"] = baseline(scene.events)
-        cpu0 = cpu_s(app.proc.pid)
-        elapsed = app.feed(scene.events)
-        r["faust_eps"] = len(scene.events) / elapsed
-        r["faust_cpu_ms_per_event"] = (cpu_s(app.proc.pid) - cpu0) * 1000 / len(scene.events)
-        time.sleep(3)  # the checkpoint of the last commit interval
-        after = changelog_bytes(bootstrap, app.app_id)
-        r["state_bytes_per_event"] = (sum(after.values()) - sum(before.values())) / len(scene.events)
-        r["camera_state_bytes_per_event"] = (after.get("camera-state", 0) - before.get("camera-state", 0)) / len(scene.events)
-        if with_latency:
-            r.update(latency(app))
-    finally:
-        app.stop()
+    r: dict[str, float] = {"events": len(scene.events)}
+    r["baseline_eps"], r["baseline_cpu_ms_per_event"] = baseline(scene.events)
+    for mode, processes in MODES.items():
+        warmup = synthetic_stream(per_movement=1, session=f"warmup-{scene.name}").events[:100]
+        app = App(bootstrap, tmp, f"{scene.name}-{mode}", processes)
+        try:
+            app.feed(warmup)
+            wait_committed(bootstrap, app.app_id, app.topics.detections, app.sent, app.proc)
+            before = changelog_bytes(bootstrap, app.app_id)
+            cpu0 = cpu_s(app.proc.pid)
+            elapsed = app.feed(scene.events)
+            r[f"{mode}_eps"] = len(scene.events) / elapsed
+            r[f"{mode}_cpu_ms_per_event"] = (cpu_s(app.proc.pid) - cpu0) * 1000 / len(scene.events)
+            wait_committed(bootstrap, app.app_id, app.topics.detections, app.sent, app.proc)
+            time.sleep(3)  # the checkpoint of the last commit interval
+            after = changelog_bytes(bootstrap, app.app_id)
+            r[f"{mode}_state_bytes_per_event"] = (sum(after.values()) - sum(before.values())) / len(scene.events)
+            r[f"{mode}_camera_state_bytes_per_event"] = (after.get("camera-state", 0) - before.get("camera-state", 0)) / len(scene.events)
+            if with_latency and mode == "process":
+                r.update(latency(app))
+        finally:
+            app.stop()
     return r
 
 
@@ -226,14 +265,15 @@ def latency(app: App) -> dict[str, float]:
     wait_committed(app.bootstrap, app.app_id, app.topics.detections, app.sent, app.proc)
     time.sleep(1.0)
     consumer = KafkaConsumer(app.topics.crossings, bootstrap_servers=app.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000)
-    latencies = sorted((m.timestamp - c.time_ms) / 1000 for m in consumer if (c := CrossingEvent.decode(m.value)).session == "live")
+    crossings = [(m.timestamp, c) for m in consumer if (c := CrossingEvent.decode(m.value)).session == "live"]
     consumer.close()
-    return {
-        "latency_n": len(latencies),
-        "latency_p50_s": latencies[len(latencies) // 2],
-        "latency_p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-        "live_events": len(live),
-    }
+    out: dict[str, float] = {"live_events": len(live)}
+    for kind in ("line", "movement"):
+        latencies = sorted((ts - c.time_ms) / 1000 for ts, c in crossings if c.kind == kind)
+        out[f"latency_{kind}_n"] = len(latencies)
+        out[f"latency_{kind}_p50_s"] = latencies[len(latencies) // 2]
+        out[f"latency_{kind}_p95_s"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    return out
 
 
 def run(bootstrap: str, tmp: Path, rounds: int) -> dict[str, dict[str, float]]:
@@ -247,8 +287,9 @@ def run(bootstrap: str, tmp: Path, rounds: int) -> dict[str, dict[str, float]]:
         per_round = rounds_of[scene.name]
         merged = {k: statistics.median(r[k] for r in per_round) for k in per_round[0] if all(k in r for r in per_round)}
         merged.update({k: v for k, v in per_round[0].items() if k.startswith(("latency", "live"))})
-        merged["ratio"] = statistics.median(r["faust_eps"] / r["baseline_eps"] for r in per_round)
-        merged["cpu_ratio"] = statistics.median(r["baseline_cpu_ms_per_event"] / r["faust_cpu_ms_per_event"] for r in per_round)
+        for mode in MODES:
+            merged[f"{mode}_ratio"] = statistics.median(r[f"{mode}_eps"] / r["baseline_eps"] for r in per_round)
+            merged[f"{mode}_cpu_ratio"] = statistics.median(r["baseline_cpu_ms_per_event"] / r[f"{mode}_cpu_ms_per_event"] for r in per_round)
         merged["boxes"] = scene.boxes  # type: ignore[assignment]
         results[scene.name] = merged
     return results
@@ -266,23 +307,27 @@ def main() -> int:
         else:
             with LocalBroker(Path(tmp) / "kafka") as broker:
                 r = run(broker.bootstrap, Path(tmp), args.rounds)
-    rows = "\n".join(
-        f"| {name} | {s['boxes']} | {int(s['events'])} | {s['baseline_eps']:.0f} | {s['faust_eps']:.0f} | **{s['ratio']:.2f}x** | "
-        f"{s['baseline_cpu_ms_per_event']:.2f} | {s['faust_cpu_ms_per_event']:.2f} | {s['cpu_ratio']:.2f}x | "
-        f"{s['state_bytes_per_event'] / 1024:.2f} | {s['camera_state_bytes_per_event'] / 1024:.2f} |"
-        for name, s in r.items()
-    )
+    labels = {"loop": "app, counting in the event loop (before)", "process": "app, one counting process (after, default)"}
+    rows = []
+    for name, r_ in r.items():
+        rows.append(f"| {name} | {r_['boxes']} | {int(r_['events'])} | baseline: `CameraCounter` loop | {r_['baseline_eps']:.0f} | 1.00x | {r_['baseline_cpu_ms_per_event']:.2f} | | | |")
+        for mode in MODES:
+            rows.append(
+                f"| {name} | {r_['boxes']} | {int(r_['events'])} | {labels[mode]} | {r_[mode + '_eps']:.0f} | **{r_[mode + '_ratio']:.2f}x** | "
+                f"{r_[mode + '_cpu_ms_per_event']:.2f} | {r_[mode + '_cpu_ratio']:.2f}x | {r_[mode + '_state_bytes_per_event'] / 1024:.2f} | {r_[mode + '_camera_state_bytes_per_event'] / 1024:.2f} |"
+            )
+    table = "\n".join(rows)
     sparse = r["sparse"]
     markdown = f"""
-`bench/bench_aggregator.py --rounds {args.rounds}`, {machine()}, faust-streaming 0.15.3 + aiokafka 0.14.0, Kafka 4.1.1 broker on the same machine. Synthetic events of one camera (`tests/synthetic.py`): *sparse* = 6 vehicles per movement, 2 sessions; *dense* = 2 vehicles per movement with {DENSE_CROWD} parked cars in view (each a live track). *baseline* = `CameraCounter.update()` in a plain loop over the same decoded events, timed in the same run right before each app run of the scene; *ratio* = app events/s / baseline events/s, *CPU ratio* = baseline CPU ms/event / app CPU ms/event (the app process, all threads; the broker not included); medians of {args.rounds} rounds. The machine is shared: wall-clock rates move with the load of other processes, the CPU figures less so. State = bytes written to the app's changelog topics (key + value) per event.
+`bench/bench_aggregator.py --rounds {args.rounds}`, {machine()}, faust-streaming 0.15.3 + aiokafka 0.14.0, Kafka 4.1.1 broker on the same machine. Synthetic events of one camera (`tests/synthetic.py`): *sparse* = 6 vehicles per movement, 2 sessions; *dense* = 2 vehicles per movement with {DENSE_CROWD} parked cars in view (each a live track). *baseline* = `CameraCounter.update()` in a plain loop over the same decoded events, timed in the same run right before the app runs of the scene. The app runs twice per scene: counting in the event loop (`TRAFFIC_AGGREGATOR_COUNTING_PROCESSES=0`, the design before the counting process) and in one counting process beside the loop (the default). *ratio* = app events/s (first event sent to last event processed, from the app's `/metrics`) / baseline events/s; *CPU ratio* = baseline CPU ms/event / app CPU ms/event (the app process with its counting process, all threads; the broker not included); medians of {args.rounds} rounds. The machine is shared: wall-clock rates move with the load of other processes, the CPU figures less so. State = bytes written to the app's changelog topics (key + value) per event.
 
-| scene | boxes/frame | events | baseline events/s | faust app events/s | ratio | baseline CPU ms/event | app CPU ms/event | CPU ratio | state KiB/event (all tables) | of it camera-state KiB/event |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-{rows}
+| scene | boxes/frame | events | run | events/s | ratio | CPU ms/event | CPU ratio | state KiB/event (all tables) | of it camera-state KiB/event |
+|---|---:|---:|---|---:|---:|---:|---:|---:|---:|
+{table}
 
-Capture-to-count latency under a steady real-time load (sparse, one camera at 10 fps, {int(sparse['live_events'])} events, {int(sparse['latency_n'])} crossings; crossing publish time minus capture time of the deciding frame): **p50 {sparse['latency_p50_s'] * 1000:.0f} ms, p95 {sparse['latency_p95_s'] * 1000:.0f} ms**. A movement is decided when its track ends, `track_timeout_s` of stream time after the vehicle was last seen; that wait is not included.
+Capture-to-count latency under a steady real-time load (sparse, counting process, one camera at 10 fps, {int(sparse['live_events'])} events; publish time of the crossing record minus the crossing's time): line crossings ({int(sparse['latency_line_n'])}) **p50 {sparse['latency_line_p50_s'] * 1000:.0f} ms, p95 {sparse['latency_line_p95_s'] * 1000:.0f} ms**; movements ({int(sparse['latency_movement_n'])}) p50 {sparse['latency_movement_p50_s'] * 1000:.0f} ms, p95 {sparse['latency_movement_p95_s'] * 1000:.0f} ms (a movement is decided when its track ends, `track_timeout_s` after the vehicle was last seen, and carries the time it was last seen).
 
-At 10 fps per camera, one aggregator worker keeps up with about {sparse['faust_eps'] / 10:.0f} sparse or {r['dense']['faust_eps'] / 10:.1f} dense cameras on this machine (the counting loop itself - ByteTrack on 300 boxes - is most of the dense cost).
+At 10 fps per camera, one aggregator worker with one counting process keeps up with about {sparse['process_eps'] / 10:.0f} sparse or {r['dense']['process_eps'] / 10:.1f} dense cameras on this machine (the counting loop itself - ByteTrack on 300 boxes - is most of the dense cost); `counting_processes` > 1 shards the cameras of a worker's partitions over more cores.
 """
     print(markdown)
     if not args.no_write:
