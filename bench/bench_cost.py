@@ -50,8 +50,16 @@ SERVICES = ("ingest", "worker-0", "aggregator")
 
 
 def cpu_s(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    """CPU seconds of a service: its process and its live child processes (the aggregator's counting process)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def topic_bytes(kafka: KafkaSettings, prefix: str) -> dict[str, int]:
