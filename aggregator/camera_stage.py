@@ -48,6 +48,7 @@ class CameraStage:
         self._roles = {"crossings": topo.crossings_out, "by_intersection": topo.by_intersection, "dlq": topo.dlq_out}
         self._metric_children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._restored: set[str] = set()  # cameras whose checkpoint the pool has been given since the last assignment
+        self._loaded = False  # every checkpoint of the assigned partitions given to the pool
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -64,7 +65,9 @@ class CameraStage:
             control = self._control_topic
             async for event in stream.events():
                 message = event.message
-                self.load_assigned()
+                if not self._loaded:  # the first record since an assignment: faust has recovered the tables
+                    self.load_assigned()
+                    self._loaded = True
                 record = Record(message.topic, message.partition, message.offset, message.key, message.value, _headers(message))
                 if message.topic == control:  # not pipelined: a finish asks for a commit right after it
                     if await self.pool.call(record):
@@ -87,6 +90,7 @@ class CameraStage:
     def _forget(self) -> None:
         self.pool.reset()
         self._restored.clear()
+        self._loaded = False
 
     def _commit_soon(self) -> None:
         asyncio.ensure_future(self.topo.app.consumer.commit())
