@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from traffic.errors import ConfigError
 from traffic.site import Site, load_site
@@ -80,14 +81,17 @@ class SiteWatcher:
             the next poll (the service still runs the old configuration).
         interval_s: seconds between polls (the kubelet itself syncs ConfigMap volumes about
             once a minute, so 2 s adds nothing noticeable).
+        results: the service's ``traffic_<service>_site_reloads_total{result}`` counter, or None;
+            counts ``applied``, ``refused`` (an invalid file) and ``failed`` (the callback raised).
     """
 
     def __init__(self, path: str | os.PathLike[str], site: Site, on_change: Callable[[SiteChange], None],
-                 interval_s: float = 2.0) -> None:
+                 interval_s: float = 2.0, results: Any = None) -> None:
         self.path = Path(path)
         self.site = site
         self.on_change = on_change
         self.interval_s = interval_s
+        self.results = results
         self.reloads = 0  # applied changes
         self.rejected = 0  # invalid texts seen (each logged once)
         self._seen = _fingerprint(self.path)
@@ -117,6 +121,10 @@ class SiteWatcher:
         while not self._stop.wait(self.interval_s):
             self.poll()
 
+    def _count(self, result: str) -> None:
+        if self.results is not None:
+            self.results.labels(result).inc()
+
     def poll(self) -> SiteChange | None:
         """One check; returns the change applied, if any (also usable without the thread)."""
         seen = _fingerprint(self.path)
@@ -127,6 +135,7 @@ class SiteWatcher:
         except ConfigError as exc:
             self._bad = seen
             self.rejected += 1
+            self._count("refused")
             log.error("site configuration change refused; keeping the running one", extra={"path": str(self.path), "error": str(exc)})
             return None
         change = diff_sites(self.site, new)
@@ -135,8 +144,10 @@ class SiteWatcher:
                 self.on_change(change)
             except Exception:  # noqa: BLE001 - the service keeps running; the next poll retries
                 log.exception("applying the site configuration change failed; retrying", extra={"path": str(self.path)})
+                self._count("failed")
                 return None
             self.reloads += 1
+            self._count("applied")
             log.info("site configuration reloaded", extra={
                 "path": str(self.path), "added": sorted(change.added), "removed": sorted(change.removed),
                 "changed": sorted(change.changed), "counting": change.counting})

@@ -251,11 +251,15 @@ def test_services_mount_the_site_config(objects_of):
                               ("StatefulSet", "traffic-aggregator", "aggregator")):
         workload = one(objs, kind, name)
         c = container(workload, cname)
-        assert env_value(c, "TRAFFIC_SITE_CONFIG") == "/etc/traffic/site.yaml"
+        assert env_value(c, "TRAFFIC_SITE_CONFIG") == "/etc/traffic/site/site.yaml"
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert "subPath" not in mounts["/etc/traffic/site"]  # a subPath mount never sees a ConfigMap update
         volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"]
-                      if v["name"] == mounts["/etc/traffic/site.yaml"]["name"])
+                      if v["name"] == mounts["/etc/traffic/site"]["name"])
         assert volume["configMap"]["name"] == site[0]["metadata"]["name"]
+    # Updated in place (no hash suffix), so the running services see a change of the file.
+    assert site[0]["metadata"]["name"] == "traffic-site"
+    assert env_value(container(one(objs, "StatefulSet", "traffic-aggregator"), "aggregator"), "TRAFFIC_AGGREGATOR_SITE_CONFIG") == "/etc/traffic/site/site.yaml"
 
 
 def test_strimzi_overlay_switches_everything_to_sasl_ssl(objects_of):

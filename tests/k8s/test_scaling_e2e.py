@@ -11,7 +11,7 @@ The shipped ScaledObject of overlays/cpu is applied with what a test cluster nee
 a user's overlay): the run's topic and consumer group, maxReplicaCount = the 4 partitions of the
 test topic, pollingInterval 5 s (shipped 15 s) and a scale-down stabilization of 30 s with one
 pod per 10 s (shipped 300 s and one per 120 s) so the test takes minutes, not a quarter hour. The
-lagThreshold (40 frames, measured) and the scale-up behaviour are as shipped.
+lagThreshold (20 frames, measured) and the scale-up behaviour are as shipped.
 
 Slow (minutes on an idle machine, 25 on a loaded one): ``pytest -m slow tests/k8s``.
 """

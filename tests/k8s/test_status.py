@@ -79,7 +79,7 @@ def test_status_reports_cameras_lag_workers_and_last_count(control_plane, k8s_ap
     assert status["kubernetes_error"] == ""
     worker = status["worker"]
     assert worker["desired"] == 1 and worker["min_replicas"] == 1 and worker["max_replicas"] == 12
-    assert worker["hpa"] == "keda-hpa-traffic-worker" and worker["group"] == group and worker["lag_threshold"] == "40"
+    assert worker["hpa"] == "keda-hpa-traffic-worker" and worker["group"] == group and worker["lag_threshold"] == "20"
     per_partition = [list(partitions.values()).count(p) for p in set(partitions.values())]
     assert status["groups"] == {group: sum(7 * n - 2 for n in per_partition)}
     for cam in status["cameras"]:

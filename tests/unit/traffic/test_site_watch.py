@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import yaml
 
+from tests.configmap import ConfigMapVolume
 from traffic.site import load_site
 from traffic.site_watch import SiteWatcher, diff_sites
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEMO = REPO / "deploy" / "sites" / "intersection-demo.yaml"
-
-
-class ConfigMapVolume:
-    """Writes files the way the kubelet's AtomicWriter updates a ConfigMap volume."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-        root.mkdir(parents=True, exist_ok=True)
-
-    def write(self, text: str) -> Path:
-        self.generation += 1
-        ts = self.root / f"..2026_12_01_00_00_{self.generation:02d}.000"
-        ts.mkdir()
-        (ts / "site.yaml").write_text(text)
-        tmp = self.root / "..data_tmp"
-        os.symlink(ts.name, tmp)
-        os.replace(tmp, self.root / "..data")  # the atomic swap
-        link = self.root / "site.yaml"
-        if not link.is_symlink():
-            os.symlink("..data/site.yaml", link)
-        return link
 
 
 def _demo() -> dict:
