@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import yaml
+from prometheus_client import CollectorRegistry, Counter
 
 from tests.configmap import ConfigMapVolume
 from traffic.site import load_site
@@ -53,7 +54,8 @@ def test_invalid_text_is_refused_once_and_the_running_site_kept(tmp_path, caplog
     volume = ConfigMapVolume(tmp_path / "site")
     path = volume.write(DEMO.read_text())
     changes = []
-    watcher = SiteWatcher(path, load_site(path), changes.append)
+    results = Counter("site_reloads", "test", ["result"], registry=CollectorRegistry())
+    watcher = SiteWatcher(path, load_site(path), changes.append, results=results)
     bad = _demo()
     bad["intersections"][0]["cameras"][0]["movements"][0]["to"] = "nowhere"
     volume.write(yaml.safe_dump(bad))
@@ -63,6 +65,7 @@ def test_invalid_text_is_refused_once_and_the_running_site_kept(tmp_path, caplog
     assert any("refused" in r.message for r in caplog.records)
     volume.write(yaml.safe_dump(_with_second_camera(_demo())))  # fixed: applied
     assert watcher.poll().added == {"cam-two"}
+    assert (results.labels("refused")._value.get(), results.labels("applied")._value.get()) == (1, 1)
 
 
 def test_in_place_write_and_failed_apply_is_retried(tmp_path):
