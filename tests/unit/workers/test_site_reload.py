@@ -12,7 +12,7 @@ from traffic.settings import KafkaSettings, TopicSettings
 from workers.service import Worker
 from workers.settings import WorkerSettings
 
-DEMO = Path(__file__).resolve().parents[2] / "deploy" / "sites" / "intersection-demo.yaml"
+DEMO = Path(__file__).resolve().parents[3] / "deploy" / "sites" / "intersection-demo.yaml"
 
 
 def test_a_camera_added_to_the_site_file_is_known_and_an_invalid_file_changes_nothing(tmp_path: Path) -> None:
