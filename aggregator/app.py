@@ -68,8 +68,9 @@ def create_app(
 def _import_tracker_in_background() -> threading.Thread:
     """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
 
-    The first event waits for it anyway (Python's import lock); meanwhile the topic checks, the
-    faust app and the group join - network waits - go on beside it.
+    The camera stage's first event waits for it (``CameraStage.warmup``, awaited off the event
+    loop); meanwhile the topic checks, the faust app, the group join and the table recovery -
+    network waits - go on beside it.
     """
 
     def load() -> None:
@@ -108,10 +109,13 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
         extra={"app_id": settings.app_id, "detections": topics.detections, "partitions": partitions, "cameras": sorted(ctx.topology.cameras),
                "group_instance_id": settings.group_instance_id or None},
     )  # fmt: skip
-    # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
-    # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
-    # many short-lived arrays trigger, no longer walk them.
-    importing.join()  # before the freeze: the tracker's modules are permanent too
+    # Not joined here: the faust worker starts, joins the group and recovers its tables while torch
+    # is still importing; the camera stage awaits the import before its first event
+    # (``CameraStage.warmup``). Joining here put the whole import before the group join (restart
+    # measured in docs/aggregator.md "Fast recovery").
+    ctx.cameras.warmup = importing
+    # Everything built so far (faust's app, the tables) lives as long as the process: out of the
+    # cyclic collector's sight; the import thread freezes again once the tracker's modules are in.
     gc.freeze()
     try:
         worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)
