@@ -68,9 +68,9 @@ def create_app(
 def _import_tracker_in_background() -> threading.Thread:
     """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
 
-    The camera stage's first event waits for it (``CameraStage.warmup``, awaited off the event
-    loop); meanwhile the topic checks, the faust app, the group join and the table recovery -
-    network waits - go on beside it.
+    ``run`` joins it before the faust worker starts, so only the main thread's own imports, the
+    topic checks and the faust app's construction go on beside it; the group join and the table
+    recovery come after (the restart's phases are measured in docs/aggregator.md "Fast recovery").
     """
 
     def load() -> None:
@@ -109,13 +109,10 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
         extra={"app_id": settings.app_id, "detections": topics.detections, "partitions": partitions, "cameras": sorted(ctx.topology.cameras),
                "group_instance_id": settings.group_instance_id or None},
     )  # fmt: skip
-    # Not joined here: the faust worker starts, joins the group and recovers its tables while torch
-    # is still importing; the camera stage awaits the import before its first event
-    # (``CameraStage.warmup``). Joining here put the whole import before the group join (restart
-    # measured in docs/aggregator.md "Fast recovery").
-    ctx.cameras.warmup = importing
-    # Everything built so far (faust's app, the tables) lives as long as the process: out of the
-    # cyclic collector's sight; the import thread freezes again once the tracker's modules are in.
+    # Everything imported and built so far (torch, ultralytics, faust: ~400k objects) lives as long
+    # as the process: out of the cyclic collector's sight, so its collections, which the tracker's
+    # many short-lived arrays trigger, no longer walk them.
+    importing.join()  # before the freeze: the tracker's modules are permanent too
     gc.freeze()
     try:
         worker = Worker(ctx.topology.app, loglevel=logging.getLogger().level or logging.INFO, override_logging=False, redirect_stdouts=False)
