@@ -2,7 +2,7 @@
 
 Why a benchmark and not a test: it runs the peer (Ultralytics' ObjectCounter) and several
 sampling rates over every labelled recording, which takes minutes; the default test suite keeps
-one regression test on the labelled sample (tests/integration/test_eval.py).
+one regression test on the labelled sample (tests/integration/offline/test_eval.py).
 
 * table 1 - ``traffic eval`` at the defaults a user gets (each camera's sampling rate from its
   site file, the workers' detector threshold): ours and the peer on the same sampled frames;

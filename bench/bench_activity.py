@@ -42,7 +42,7 @@ from traffic.site import load_site  # noqa: E402
 
 VIDEOS = ("intersection", "night_approach", "hanoi_intersection", "jakarta_arterial", "pedestrians_1080p", "empty_road")
 EMPTY_ROAD = "empty_road"
-"""The quiet segment: intersection.mp4's view with its traffic removed (tests/integration/test_count_synthetic.py,
+"""The quiet segment: intersection.mp4's view with its traffic removed (tests/integration/offline/test_count_synthetic.py,
 real pixels), 30 s at 30 fps, counted with the demo site's camera."""
 
 

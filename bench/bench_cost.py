@@ -7,7 +7,7 @@ playing a file in real time at 10 fps and looping, like a live camera:
 
 * busy  - intersection.mp4 (cars in every frame), the demo site;
 * quiet - the same intersection with its traffic removed (the synthetic empty road of
-  tests/integration/test_count_synthetic.py: real pixels), i.e. night or an empty road: the
+  tests/integration/offline/test_count_synthetic.py: real pixels), i.e. night or an empty road: the
   ingester's activity gate sends most frames without JPEG and the worker skips the model.
 
 For each scenario: every service's process CPU time (user + system, all threads, from psutil)
@@ -133,7 +133,7 @@ def scenario(name: str, video: Path, broker: LocalBroker, out: Path, idle_s: flo
 
 
 def empty_road(out: Path) -> Path:
-    """The sample intersection with its traffic removed, 30 s at 30 fps (tests/integration/test_count_synthetic.py)."""
+    """The sample intersection with its traffic removed, 30 s at 30 fps (tests/integration/offline/test_count_synthetic.py)."""
     from tests.integration.test_count_synthetic import make_video
 
     return make_video(shared_dir() / "videos" / "intersection.mp4", out, [], total_frames=900, fps=30)

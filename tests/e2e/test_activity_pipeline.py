@@ -19,14 +19,14 @@ import pytest
 from offline.count import count_video
 from devkit.local_pipeline import LocalPipeline, PipelineConfig
 from ingest.settings import IngestSettings
-from tests.integration.test_count_synthetic import eastbound, make_video, site_file, westbound
+from tests.integration.offline.test_count_synthetic import eastbound, make_video, site_file, westbound
 from traffic.site import load_site
 from workers.detector import DetectorSettings
 
 from .test_pipeline import _run
 
 
-@pytest.mark.slow  # a real-time pipeline run with a worker restart; the default suite keeps the gated offline count (tests/integration/test_count_activity.py)
+@pytest.mark.slow  # a real-time pipeline run with a worker restart; the default suite keeps the gated offline count (tests/integration/offline/test_count_activity.py)
 def test_gated_stream_with_a_killed_worker_gives_the_offline_counts(kafka_bootstrap: str, shared: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     video = make_video(shared / "videos" / "intersection.mp4", tmp_path / "synthetic.mp4",

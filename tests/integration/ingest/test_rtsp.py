@@ -31,7 +31,7 @@ from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CAMERA_PASSWORD = "Cam3raPw-0451"
 BOGUS_PASSWORD = "b0gusSecret-9931"
 

@@ -1,6 +1,6 @@
 """File sources end to end against the real broker: headers, seq, sizes, sampling, determinism.
 
-The service runs in-process here (no signals or logs to check); see test_ingest_rtsp.py for the
+The service runs in-process here (no signals or logs to check); see test_rtsp.py for the
 subprocess tests.
 """
 
