@@ -22,9 +22,9 @@ from traffic.dlq import DeadLetterInfo
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
-from .aggregator.harness import committed
+from tests.integration.aggregator.harness import committed
 from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
-from .restarts import phases as log_phases
+from tests.integration.restarts import phases as log_phases
 
 import ultralytics
 
