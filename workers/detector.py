@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from traffic.errors import ConfigError
+from traffic.site import DEFAULT_CLASSES
 from traffic.wire import Detection
 from workers.streams import OpenVinoStreams, StageTimes, eligible
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 _CONF_SLACK = 1e-4
 """The threshold applies to the score as published (rounded to 4 decimals), so a stricter filter of
 a lower-threshold run gives exactly the same detections (offline/detection_cache.py relies on it)."""
-
-DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
 
 
 @dataclass(frozen=True)
