@@ -63,7 +63,7 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
-    """Topic names, partitions and retention (``TRAFFIC_TOPICS_*``); defaults from DESIGN.md."""
+    """Topic names, partitions and retention (``TRAFFIC_TOPICS_*``); the defaults are those of docs/contracts.md ("Topics")."""
 
     model_config = SettingsConfigDict(env_prefix="TRAFFIC_TOPICS_", extra="forbid")
 

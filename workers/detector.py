@@ -4,7 +4,7 @@ Only this module imports ultralytics for detection; the worker, the offline ``co
 the benchmarks all call :meth:`Detector.detect`, so the same frame gives the same detections
 everywhere. Ultralytics models are not thread-safe: one ``Detector`` per thread, created in it.
 
-Batching: a list of frames is one batch of its length whatever ``batch=`` says (PITFALLS), so
+Batching: Ultralytics makes a list of frames one batch of its length whatever ``batch=`` says, so
 long lists are split into ``batch_size`` chunks, or into the export's own static batch (the shared
 OpenVINO model is batch 1: one call per frame), so batch composition cannot change results.
 
