@@ -68,8 +68,9 @@ def create_app(
 def _import_tracker_in_background() -> threading.Thread:
     """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
 
-    The first event waits for it anyway (Python's import lock); meanwhile the topic checks, the
-    faust app and the group join - network waits - go on beside it.
+    ``run`` joins it before the faust worker starts, so only the main thread's own imports, the
+    topic checks and the faust app's construction go on beside it; the group join and the table
+    recovery come after (the restart's phases are measured in docs/aggregator.md "Fast recovery").
     """
 
     def load() -> None:
