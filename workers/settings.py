@@ -6,8 +6,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from traffic.capture_time import DEFAULT_FUTURE_SKEW_S, DEFAULT_MAX_AGE_S, CaptureTimeLimits
+from traffic.site import DEFAULT_CLASSES
 
-DEFAULT_CLASSES = "car,bus,truck,motorcycle,bicycle,person"
 
 
 class WorkerSettings(BaseSettings):
@@ -18,7 +18,7 @@ class WorkerSettings(BaseSettings):
     model: str = Field(default="yolo26n.pt", description="Ultralytics model name (downloaded where online) or path (e.g. an OpenVINO export dir)")
     device: str = Field(default="cpu", description="cpu, cuda, or cuda:N")
     half: bool = Field(default=False, description="FP16 inference; honoured on CUDA only")
-    classes: str = Field(default=DEFAULT_CLASSES, description="comma list of class names to keep (model vocabulary)")
+    classes: str = Field(default=",".join(DEFAULT_CLASSES), description="comma list of class names to keep (model vocabulary)")
     conf: float = Field(default=0.1, ge=0, le=1, description="confidence threshold: low, so the tracker's second (low-score) association has boxes to use (docs/accuracy.md)")
     iou: float = Field(default=0.7, ge=0, le=1, description="NMS IoU threshold")
     imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (pixels)")

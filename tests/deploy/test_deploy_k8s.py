@@ -1,7 +1,7 @@
 """deploy/k8s: every target renders with kustomize, every object validates
 against the Kubernetes / KEDA / Prometheus Operator / Strimzi schemas offline,
 passes the workload policy, and its references resolve; the scaling setup
-keeps the contracts of DESIGN.md ("Scaling")."""
+keeps the contract of docs/deploy.md ("Scaling behaviour")."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_scaledobject_scales_workers_on_frames_lag(objects_of, target):
     spec = so["spec"]
     worker = one(objs, "Deployment", spec["scaleTargetRef"]["name"])
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
-    # Every scaling field explicit (STYLE.md), none left to KEDA's defaults.
+    # Every scaling field explicit, none left to KEDA's defaults.
     for field in SCALING_FIELDS:
         assert field in spec, f"ScaledObject lacks {field}"
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
