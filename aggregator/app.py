@@ -68,8 +68,9 @@ def create_app(
 def _import_tracker_in_background() -> threading.Thread:
     """Import Ultralytics' tracker (and torch: most of a restart's seconds) while Kafka is set up.
 
-    The first event waits for it anyway (Python's import lock); meanwhile the topic checks, the
-    faust app and the group join - network waits - go on beside it.
+    ``run`` joins it before the faust worker starts, so only the main thread's own imports, the
+    topic checks and the faust app's construction go on beside it; the group join and the table
+    recovery come after (the restart's phases are measured in docs/aggregator.md "Fast recovery").
     """
 
     def load() -> None:
@@ -101,6 +102,12 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     create_internal_topics(kafka, topics, settings, partitions)
     ctx = create_app(settings, kafka, topics, site, partitions)
     server = HealthServer(ctx.health, settings.metrics_port, registry=ctx.metrics.registry).start()
+    watcher = None
+    if settings.site_reload_s > 0:  # new lines and zones without a restart (the timer applies them)
+        from traffic.site_watch import SiteWatcher
+
+        watcher = SiteWatcher(settings.site_config, site, ctx.cameras.offer_site, interval_s=settings.site_reload_s, results=ctx.metrics.site_reloads)
+        watcher.start()
     # faust warns "producer buffer full" at every burst of changelog writes (its buffer holds 100
     # messages and drains on its own): not actionable, keep it out of the logs.
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
@@ -121,5 +128,7 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        if watcher is not None:
+            watcher.stop()
         server.stop()
     return 0

@@ -19,6 +19,7 @@ goes on)::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from traffic.dlq import bounded_dead_letter
 from traffic.errors import ContractError
 from traffic.partitions import camera_partition
 from traffic.settings import TopicSettings
-from traffic.site import Site
+from traffic.site import Camera, Site
 from traffic.wire import CrossingEvent, DetectionEvent
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class CameraShard:
 
     def __post_init__(self) -> None:
         self.known = self.site.cameras()
+        self._geometry = {camera: checkpoint.camera_geometry(cfg) for camera, (_, cfg) in self.known.items()}
         self.limits = self.settings.capture_limits()
         self.clock_report = ClockReport()
         self._partition_cache: dict[str, int] = {}
@@ -228,15 +230,41 @@ class CameraShard:
             return out
         s = self.settings
         try:
-            snapshot, gate = checkpoint.decode(camera, data)
-            counter = CameraCounter.restore(self.site, camera, snapshot, s.reorder_limit)
+            record = checkpoint.read(camera, data)
+            counter = self._restore(camera, record)
             log.info("camera state restored", extra={"camera": camera, "session": counter.session, "next_seq": counter.next_seq, "bytes": len(data)})
         except Exception as exc:  # noqa: BLE001 - an untrusted changelog record: start afresh, never crash-loop
             out.append(("inc", "state_restore_failed", (camera,), 1))
             log.error("camera checkpoint refused: the camera starts afresh", extra={"camera": camera, "error": str(exc)[:200], "bytes": len(data)})
             return out
-        self.cameras[camera] = _Camera(counter, gate, CameraProgress(s.watermark_quorum), self.partition_of(camera), time.monotonic())
+        self.cameras[camera] = _Camera(counter, record.gate, CameraProgress(s.watermark_quorum), self.partition_of(camera), time.monotonic())
         return out
+
+    def _restore(self, camera: str, record: checkpoint.Checkpoint) -> CameraCounter:
+        """The counter of a checkpoint under the running site; one of other lines and zones is reconfigured, not trusted."""
+        s = self.settings
+        if not record.geometry or record.geometry == self._geometry[camera]:
+            return CameraCounter.restore(self.site, camera, record.snapshot, s.reorder_limit)
+        _, current = self.known[camera]
+        was = Camera.model_validate({**current.model_dump(by_alias=True), **json.loads(record.geometry)})
+        previous = CameraCounter.restore(with_cameras(self.site, {camera: was}), camera, record.snapshot, s.reorder_limit)
+        self.dirty.add(camera)  # the next checkpoint carries the new geometry
+        log.info("camera checkpoint of other lines and zones: counting goes on with the site file's", extra={"camera": camera})
+        return previous.reconfigured(self.site)
+
+    def apply_site(self, site: Site, cameras: list[str]) -> None:
+        """Count ``cameras`` with ``site``'s lines, zones and movements from now on (their tracks go on); see CameraStage.apply_site."""
+        self.site, self.known = site, site.cameras()
+        for camera in cameras:
+            cfg = self.known[camera][1]
+            self._geometry[camera] = checkpoint.camera_geometry(cfg)
+            cam = self.cameras.get(camera)
+            if cam is not None:  # else its checkpoint is restored under the new geometry (see _restore)
+                cam.counter = cam.counter.reconfigured(site)
+                self.dirty.add(camera)
+            log.info("camera counts with new lines and zones", extra={
+                "camera": camera, "lines": [line.id for line in cfg.lines], "approaches": [a.id for a in cfg.approaches],
+                "tracks": cam.counter.active_tracks if cam is not None else None})  # fmt: skip
 
     def checkpoint(self) -> list[Effect]:
         """The checkpoint (``state`` effect) of every camera changed since the last one, and what a state limit made it send."""
@@ -245,10 +273,11 @@ class CameraShard:
             cam = self.cameras.get(camera)
             if cam is None:
                 continue
-            data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
+            geometry = self._geometry[camera]
+            data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate, geometry)
             if len(data) > self.settings.max_state_bytes:
                 _crossings(self._shed(camera, cam, "bytes", out), out)
-                data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
+                data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate, geometry)
             out.append(("state", camera, data))
             out.append(("set", "state_bytes", (camera,), len(data)))
             out.append(("inc", "checkpoint_bytes", (), len(data)))
@@ -306,3 +335,9 @@ def _crossings(crossings: list[CrossingEvent], out: list[Effect]) -> None:
         key = crossing.intersection.encode()
         out.append(("send", "crossings", key, crossing.encode(), None, crossing.time_ms))
         out.append(("send", "by_intersection", key, encode(CrossingMessage(crossing=crossing)), None, None))
+
+
+def with_cameras(site: Site, cameras: dict[str, Camera]) -> Site:
+    """``site`` with the entries of ``cameras`` (by id) in place of its own (all validated already)."""
+    intersections = [inter.model_copy(update={"cameras": [cameras.get(c.id, c) for c in inter.cameras]}) for inter in site.intersections]
+    return site.model_copy(update={"intersections": intersections})

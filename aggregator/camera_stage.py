@@ -7,6 +7,15 @@ module is the faust side: it forwards each record of the detections and camera-c
 and applies what comes back in record order - records to the public crossings topic, to the
 intersection stage and to the DLQ; metrics; checkpoints into the ``camera-state`` table.
 
+Site hot reload: :meth:`CameraStage.offer_site` (the site watcher's thread) hands over a new
+valid site file; the housekeeping timer applies it with :meth:`CameraStage.apply_site`, between
+two records, and passes it to the counting processes in order with the records. A camera whose
+lines, zones or movements changed goes on with its tracks under the new geometry
+(:meth:`CameraCounter.reconfigured`: moved lines re-armed); other cameras are untouched. Each
+checkpoint records the geometry its counter had, so a checkpoint restored under another site
+file (a restart after the file changed, a rebalance before the reload reached this worker) is
+reconfigured the same way instead of counting on with stale line sides.
+
 State and recovery: the counter and the gate of each camera are checkpointed to the
 ``camera-state`` table when faust commits offsets (a sensor on the commit, before the offsets
 are chosen, waits for every record handed over to be answered), so every committed offset is
@@ -21,16 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
 import faust
 
-from aggregator.camera_shard import Effect, Record
+from aggregator import checkpoint
+from aggregator.camera_shard import Effect, Record, with_cameras
 from aggregator.counting_pool import CountingPool, ShardConfig
 from aggregator.metrics import AggregatorMetrics
 from aggregator.records import FinishMessage
 from aggregator.topology import Topology, camera_partition
+from traffic.site import Site
+from traffic.site_watch import SiteChange
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,9 @@ class CameraStage:
         self._metric_children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._restored: set[str] = set()  # cameras whose checkpoint the pool has been given since the last assignment
         self._loaded = False  # every checkpoint of the assigned partitions given to the pool
+        self._geometry = {camera: checkpoint.camera_geometry(cfg) for camera, (_, cfg) in topo.cameras.items()}
+        self._offered: Site | None = None  # a new site file from the watcher's thread, applied by the timer
+        self._offer_lock = threading.Lock()
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -143,6 +159,51 @@ class CameraStage:
             data = self.topo.tables.camera_state.get(raw)
             if data is not None:
                 self.pool.restore(camera_partition(camera, self.topo.partitions), camera, data)
+
+    # -- site hot reload ---------------------------------------------------------------------
+    def offer_site(self, change: SiteChange) -> None:
+        """The site watcher's callback (its own thread): keep the new site for the next timer tick."""
+        with self._offer_lock:
+            self._offered = change.site
+
+    def reload_site(self) -> list[str]:
+        """Apply the site the watcher offered since the last call, if any (the timer calls this); see :meth:`apply_site`."""
+        with self._offer_lock:
+            site, self._offered = self._offered, None
+        return [] if site is None else self.apply_site(site)
+
+    def apply_site(self, site: Site) -> list[str]:
+        """Count with ``site``'s lines, zones and movements from now on; returns what waits for a restart.
+
+        Cameras whose geometry changed go on with their tracks, ordering and de-duplication
+        state under the new geometry (:meth:`CameraCounter.reconfigured`, in the counting
+        process, after the records handed over before); every other camera is untouched.
+        Cameras added, removed or moved to another intersection and changes of the ``counting``
+        section change the tables' keys or the intervals: they are listed as needing a restart,
+        logged, counted, and not applied.
+        """
+        old, new = self.topo.cameras, site.cameras()
+        later = []
+        if new.keys() - old.keys():
+            later.append(f"cameras added: {', '.join(sorted(new.keys() - old.keys()))}")
+        if old.keys() - new.keys():
+            later.append(f"cameras removed: {', '.join(sorted(old.keys() - new.keys()))}")
+        moved = sorted(c for c in old.keys() & new.keys() if old[c][0].id != new[c][0].id)
+        if moved:
+            later.append(f"cameras moved to another intersection: {', '.join(moved)}")
+        if site.counting != self.topo.site.counting:
+            later.append("the counting section")
+        live = {c: new[c][1] for c in sorted(old.keys() & new.keys()) if c not in moved and checkpoint.camera_geometry(new[c][1]) != self._geometry[c]}
+        if live:
+            self.topo.site = with_cameras(self.topo.site, live)
+            self.topo.cameras = self.topo.site.cameras()
+            for camera, cfg in live.items():
+                self._geometry[camera] = checkpoint.camera_geometry(cfg)
+            self.pool.apply_site(self.topo.site, sorted(live))
+        if later:
+            self.metrics.site_reloads.labels("restart_needed").inc()
+            log.warning("site change applied in part: the rest needs a restart of the aggregator", extra={"applied": sorted(live), "needs_restart": later})
+        return later
 
     async def idle_cameras(self, now: float) -> list[tuple[int, FinishMessage]]:
         """(partition, finish message) for cameras idle for half the idle time with tracks or buffered events."""

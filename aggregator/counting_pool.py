@@ -174,6 +174,14 @@ class CountingPool:
         for child in self._children:
             self._send(child, ("reset",), "none", None)
 
+    def apply_site(self, site: Site, cameras: list[str]) -> None:
+        """A site hot reload: ``cameras`` count with ``site``'s geometry from the next record on."""
+        if self._inline is not None:
+            self._inline.apply_site(site, cameras)
+            return
+        for child in self._children:
+            self._send(child, ("site", site, cameras), "none", None)
+
     async def idle_cameras(self, now: float) -> list[tuple[int, FinishMessage]]:
         """(partition, finish message) of the idle cameras of every shard."""
         if self._inline is not None:

@@ -9,6 +9,7 @@ order::
     ("restore", camera, data)  -> effects (a metric if the checkpoint is refused)
     ("ckpt",)                  -> checkpoint effects
     ("idle", monotonic now)    -> [(partition, FinishMessage)]
+    ("site", site, cameras)    -> None (a site hot reload)
     ("reset",)                 -> None
 
 It ignores SIGINT and SIGTERM (a Ctrl-C or a pod stop goes to the aggregator, which checkpoints
@@ -52,6 +53,9 @@ def serve(inp: Connection, out: Connection) -> int:
             reply = shard.checkpoint()
         elif op == "idle":
             reply = shard.idle_cameras(request[1])
+        elif op == "site":
+            shard.apply_site(request[1], request[2])
+            reply = None
         elif op == "reset":
             shard.reset()
             reply = None

@@ -1,7 +1,9 @@
 """Tumbling count intervals, the count series a crossing belongs to, and the window store.
 
-Intervals are aligned to the Unix epoch (UTC), so 15-minute intervals start at :00, :15, :30 and
-:45 of every hour, whatever time the aggregator started::
+The streaming app aligns intervals to the Unix epoch (UTC), so 15-minute intervals start at :00,
+:15, :30 and :45 of every hour, whatever time the aggregator started; the offline count
+(offline/report.py) passes the recording's UTC offset (``offset_ms``) so that hourly intervals start
+on local hours also where the offset is not a whole hour. Both bin with :func:`interval_start_ms`::
 
     time (event capture) --->
     |    interval k (900 s)    |   interval k+1          |
@@ -16,7 +18,8 @@ A crossing at time t counts in exactly one interval of each configured length.
 
 :class:`WindowStore` holds the rules on top of that (count once per event id, late, close,
 final, provisional, purge) on plain mappings, so the streaming app (mappings backed by faust
-tables) and the offline count (dicts) apply the very same rules. Its lifecycle of one cell::
+tables, aggregator/intersection_stage.py) and the offline count's report (dicts, through
+:func:`final_counts`) apply the very same rules. Its lifecycle of one cell::
 
     add(crossing) --> open cell, count += 1 --> close(keys) --> final (published once)
                        |  provisional() lists it while it changes        |
@@ -35,11 +38,15 @@ from typing import Literal
 from traffic.wire import CountRecord, CrossingEvent
 
 
-def interval_start_ms(time_ms: int, interval_s: int) -> int:
-    """Start (epoch ms) of the ``interval_s`` interval that contains ``time_ms``."""
+def interval_start_ms(time_ms: int, interval_s: int, offset_ms: int = 0) -> int:
+    """Start (epoch ms) of the ``interval_s`` interval that contains ``time_ms``.
+
+    Intervals are aligned to a clock ``offset_ms`` ahead of UTC (0: the Unix epoch, as the app
+    counts; the offline count passes the recording's UTC offset, e.g. 19 800 000 for +05:30).
+    """
     assert interval_s > 0, "interval_s must be positive"
     size = interval_s * 1000
-    return time_ms - time_ms % size
+    return time_ms - (time_ms + offset_ms) % size
 
 
 def interval_end_ms(start_ms: int, interval_s: int) -> int:
@@ -114,8 +121,8 @@ class CountKey:
         )
 
 
-def count_keys(crossing: CrossingEvent, intervals_s: Iterable[int]) -> list[CountKey]:
-    """The series (one per configured interval length) a crossing is counted in."""
+def count_keys(crossing: CrossingEvent, intervals_s: Iterable[int], offset_ms: int = 0) -> list[CountKey]:
+    """The series (one per configured interval length) a crossing is counted in; ``offset_ms`` as in :func:`interval_start_ms`."""
     if crossing.kind == "movement":
         assert crossing.approach is not None and crossing.movement is not None
         series: Literal["movement", "line"] = "movement"
@@ -124,7 +131,7 @@ def count_keys(crossing: CrossingEvent, intervals_s: Iterable[int]) -> list[Coun
         assert crossing.line is not None and crossing.direction is not None
         series, approach, movement, direction = "line", crossing.line, crossing.direction, crossing.direction
     return [
-        CountKey(crossing.intersection, s, interval_start_ms(crossing.time_ms, s), series, approach, movement, direction, crossing.vehicle_class)
+        CountKey(crossing.intersection, s, interval_start_ms(crossing.time_ms, s, offset_ms), series, approach, movement, direction, crossing.vehicle_class)
         for s in intervals_s
     ]
 
@@ -170,6 +177,7 @@ class WindowStore:
         cells: key -> count cell (the app backs it with a faust table; offline: a dict).
         seen: crossing ``event_id`` -> :class:`Seen` (de-duplication of replays).
         watermarks: intersection id -> its event-time watermark (epoch ms), never decreasing.
+        offset_ms: alignment of the intervals, see :func:`interval_start_ms` (the app: 0, UTC).
 
     ``dirty`` (keys changed since the last :meth:`provisional`) and an index of the open keys per
     intersection live in memory only: after a restart, provisional records resume with the next
@@ -182,6 +190,7 @@ class WindowStore:
     cells: MutableMapping[CountKey, Cell] = field(default_factory=dict)
     seen: MutableMapping[str, Seen] = field(default_factory=dict)
     watermarks: MutableMapping[str, int] = field(default_factory=dict)
+    offset_ms: int = 0
     dirty: set[CountKey] = field(default_factory=set)
     _open: dict[str, set[CountKey]] | None = field(default=None, repr=False)
 
@@ -222,7 +231,7 @@ class WindowStore:
         wm = self.watermarks.get(crossing.intersection)
         counted: list[CountKey] = []
         late: list[CountKey] = []
-        for key in count_keys(crossing, self.intervals_s):
+        for key in count_keys(crossing, self.intervals_s, self.offset_ms):
             cell = self.cells.get(key)
             if (cell is not None and cell.final) or (wm is not None and key.interval_end_ms < wm - self.horizon_ms):
                 late.append(key)  # its final record is out (or forgotten): a late count would contradict it
@@ -311,13 +320,14 @@ _order = operator.attrgetter(*(f.name for f in fields(CountKey)))
 """Sort key of CountKey: its fields in order (C speed; ``astuple`` deep-copies)."""
 
 
-def final_counts(crossings: Iterable[CrossingEvent], intervals_s: Iterable[int], grace_s: float = 0.0) -> dict[CountKey, int]:
+def final_counts(crossings: Iterable[CrossingEvent], intervals_s: Iterable[int], grace_s: float = 0.0, offset_ms: int = 0) -> dict[CountKey, int]:
     """The final records a finished stream of crossings gives: every crossing counted once, every interval closed.
 
-    What the app publishes once every camera of an intersection has ended its stream; used by
-    the offline count and by tests as the expected result.
+    What the app publishes once every camera of an intersection has ended its stream; the
+    offline count's report bins with it (``offset_ms``: the recording's UTC offset) and tests
+    use it as the expected result.
     """
-    store = WindowStore(tuple(intervals_s), grace_s)
+    store = WindowStore(tuple(intervals_s), grace_s, offset_ms=offset_ms)
     for crossing in crossings:
         store.add(crossing)
     store.close(store.open_keys())

@@ -2,7 +2,7 @@
 
 Why a benchmark and not a test: it runs the peer (Ultralytics' ObjectCounter) and several
 sampling rates over every labelled recording, which takes minutes; the default test suite keeps
-one regression test on the labelled sample (tests/integration/test_eval.py).
+one regression test on the labelled sample (tests/integration/offline/test_eval.py).
 
 * table 1 - ``traffic eval`` at the defaults a user gets (each camera's sampling rate from its
   site file, the workers' detector threshold): ours and the peer on the same sampled frames;
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.benchdoc import machine, write_section  # noqa: E402
+from bench.benchdoc import machine, publish  # noqa: E402
 from offline.evaluate import evaluate, markdown_table, pooled, write_outputs  # noqa: E402
 from offline.truth import load_truth  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
@@ -105,8 +105,7 @@ def main() -> int:
         "",
         *(native_rows if peer_native else ["(not run: --no-peer)"]),
     ])  # fmt: skip
-    print(text)
-    write_section("Results", text, doc="accuracy.md")
+    publish("Results", text, doc="accuracy.md")
     return 0
 
 

@@ -10,7 +10,7 @@ the floor is then a selection from it that gives exactly the events the pipeline
   (:meth:`ingest.sampler.Sampler.keep_index`), so a sampled stream is a subset of the frames;
 * Ultralytics applies the confidence threshold before its per-class NMS, and NMS only lets a box
   suppress boxes of lower score, so the boxes >= ``conf`` of a ``floor``-threshold run are the
-  boxes of a ``conf``-threshold run (``tests/integration/test_eval.py`` checks it on real frames).
+  boxes of a ``conf``-threshold run (``tests/integration/offline/test_eval.py`` checks it on real frames).
 
 Entries are keyed by the file's SHA-256 and everything that changes a detection (model, image
 size, NMS IoU, resize width, JPEG quality, floor); they live in ``~/.cache/traffic-pipeline/

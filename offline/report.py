@@ -11,7 +11,9 @@ produced and writes the two outputs described in ``docs/count.md``:
   approach and movement (``SB Left, SB Thru, SB Right, SB U-turn, SB App Total, ...``), then a
   ``Total`` row, a ``Peak Hour`` row and a ``PHF`` row.
 
-Intervals are half-open and aligned to the local clock of the recording::
+Intervals are half-open and aligned to the local clock of the recording; they are the streaming
+app's intervals (``aggregator.windows.interval_start_ms`` with the recording's UTC offset), and
+the counts in them are the final counts of the app's window store (``aggregator.windows.final_counts``)::
 
     07:00            07:15            07:30            07:45            08:00
       |---- bin 0 -----|---- bin 1 -----|---- bin 2 -----|---- bin 3 -----|
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from aggregator.windows import CountKey, final_counts, interval_start_ms
 from traffic.site import Camera
 from traffic.wire import CrossingEvent
 
@@ -51,11 +54,9 @@ SeriesKey = tuple[str, str, str]
 """``("movement", approach id, movement)`` or ``("line", line id, direction label)``."""
 
 
-def series_key(event: CrossingEvent) -> SeriesKey:
-    """The report series a crossing belongs to."""
-    if event.kind == "movement":
-        return ("movement", str(event.approach), str(event.movement))
-    return ("line", str(event.line), str(event.direction))
+def series_key(key: CountKey) -> SeriesKey:
+    """The report series of a window-store count key (its interval and class left out)."""
+    return (key.series, key.approach, key.movement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +112,6 @@ def total_keys(columns: Sequence[Column]) -> tuple[SeriesKey, ...]:
     return tuple(dict.fromkeys(key for column in columns for key in column.keys))
 
 
-def bin_start_ms(time_ms: int, interval_s: int, offset_ms: int = 0) -> int:
-    """Start of the interval holding ``time_ms`` (epoch ms), aligned to the local clock.
-
-    Args:
-        time_ms: event time, epoch milliseconds (UTC).
-        interval_s: interval length (seconds).
-        offset_ms: UTC offset of the local clock (ms), so that hourly bins start on local hours
-            also where the offset is not a whole hour.
-    """
-    size = interval_s * 1000
-    return (time_ms + offset_ms) // size * size - offset_ms
-
-
 @dataclass(frozen=True, slots=True)
 class Interval:
     """Counts of one interval.
@@ -153,23 +141,25 @@ def bin_events(events: Iterable[CrossingEvent], period_ms: tuple[int, int], inte
         events: crossings (any order).
         period_ms: counted period ``[start, end)`` in epoch ms (the recording's time span).
         interval_s: interval length (seconds).
-        offset_ms: UTC offset of the local clock (ms), see :func:`bin_start_ms`.
+        offset_ms: UTC offset of the local clock (ms), so that hourly bins start on local hours
+            also where the offset is not a whole hour (``aggregator.windows.interval_start_ms``).
 
     Returns:
         Intervals in time order. Events outside the period are still counted (in an interval
         added for them, marked incomplete) so that no counted vehicle disappears from the report.
+        Each crossing counts once per ``event_id``, as in the streaming app.
     """
     start, end = period_ms
     assert end >= start, "period must not end before it starts"
     size = interval_s * 1000
     counts: dict[int, Counter[tuple[SeriesKey, str]]] = {}
-    first = bin_start_ms(start, interval_s, offset_ms)
+    first = interval_start_ms(start, interval_s, offset_ms)
     cursor = first
     while cursor < end or cursor == first:
         counts[cursor] = Counter()
         cursor += size
-    for event in events:
-        counts.setdefault(bin_start_ms(event.time_ms, interval_s, offset_ms), Counter())[(series_key(event), event.vehicle_class)] += 1
+    for key, n in final_counts(events, (interval_s,), offset_ms=offset_ms).items():
+        counts.setdefault(key.interval_start_ms, Counter())[(series_key(key), key.vehicle_class)] += n
     return [
         Interval(s, s + size, complete=start <= s and s + size <= end, counts=counts[s])
         for s in sorted(counts)

@@ -11,7 +11,7 @@ pre/post-processing runs while another frame is in the model. No ``AsyncInferQue
 Same numbers: the pre- and post-processing are Ultralytics' own functions (``preprocess``,
 ``non_max_suppression``, ``construct_result``, set up by a normal ``predict`` call first) and the
 IR file is the same, so a frame gives the detections Ultralytics' ``predict`` gives
-(``tests/integration/test_worker.py::test_streams_give_ultralytics_detections`` checks this).
+(``tests/integration/workers/test_worker.py::test_streams_give_ultralytics_detections`` checks this).
 
 Only for what it fits: an OpenVINO export on the CPU with a static batch of 1 and no dynamic
 shapes; :func:`eligible` says why not otherwise, and the detector keeps Ultralytics' own path.

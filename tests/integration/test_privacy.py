@@ -24,7 +24,7 @@ from traffic.settings import KafkaSettings, TopicSettings
 from traffic.topics import admin_client
 from traffic.wire import FrameHeaders
 
-from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
+from tests.integration.workers.frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
 
 
 

@@ -1,8 +1,11 @@
 """Crashes of the aggregator and its broker: the final counts are those of an undisturbed run, recovery is quick.
 
+* ``kill -9`` of the aggregator mid-stream, three times, then started again with the same group
+  instance id: each restart resumes within 15 s of starting (issue 11; static group membership:
+  the broker hands the partitions straight back to the same instance id, no wait for the dead
+  member's session). ``slow`` for now: it does not hold on the loaded shared machine.
 * ``kill -9`` of the aggregator at 10 random points while it consumes (a fresh random schedule
-  every run, printed with its seed): after each restart it resumes within seconds (static group
-  membership: the broker hands the partitions straight back to the same instance id) and the
+  every run, printed with its seed): after each restart it resumes within the same 15 s and the
   final counts equal the plain counting loop's, interval by interval.
 * The broker itself killed with ``kill -9`` mid-stream and restarted, then stopped for a while:
   the aggregator stays up and the counts are again exact. The 60 s outage of the issue is the
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -24,16 +28,27 @@ from aggregator.counting import CameraCounter
 from aggregator.windows import CountKey, final_counts
 from devkit.broker import LocalBroker, free_port
 from tests.integration.aggregator.harness import Aggregator, Output, committed
+from tests.integration.restarts import phases as log_phases
 from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.topics import create_topics
 from traffic.wire import DetectionEvent
 
-RESUME_LIMIT_S = 60.0
-"""Before static membership a restart could not resume before the dead member's session (60 s) had
-expired, on top of its own start-up; now it is start-up only (imports, topic checks, recovery):
-a few seconds on an idle machine. The bound is wide because the machine is shared: the figures
-are printed, and the CPU seconds the restart used (independent of the load) with them."""
+RESUME_LIMIT_S = 15.0
+"""Issue 11: a restarted aggregator resumes within 15 s of starting. Before static membership a
+restart could not resume before the dead member's session (then 60 s) had expired, on top of its
+own start-up; now it is start-up only (imports, topic checks, group join, table recovery). The
+figures are printed, with the CPU seconds the restart used (independent of the machine's load).
+
+*Resumed* is measured from just before the new process is started to the first look (every
+0.2 s) that finds the group's committed offset on the detections topic beyond the one the killed
+process left: the new process has processed records it had not and committed them. So it
+includes up to one commit interval (0.5 s in these tests, ``COMMIT_INTERVAL_S``) after the first
+record processed."""
+
+AGGREGATOR_PHASES = {"aggregator starting": "setup", "camera state restored": "first_event"}
+"""Log lines of a start-up: imports and topic checks done (the faust worker starts); the first
+event processed after the restart (its camera's checkpoint read back)."""
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -88,6 +103,38 @@ def _wait_progress(bootstrap: str, agg: Aggregator, topic: str, beyond: int, tim
     return time.monotonic() - started
 
 
+@pytest.mark.slow  # over 15 s on the shared machine (median 21 s at load 8-17, docs/aggregator.md "Fast recovery"): not in the default suite until it holds
+@pytest.mark.timeout(600)
+def test_kill_9_then_restart_resumes_within_15_s(tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings) -> None:
+    """Three ``kill -9`` mid-stream, each followed by a new process with the same group instance id."""
+    events = _streams(per_movement=2)
+    agg = Aggregator(tmp_path, kafka_bootstrap, topic_settings, idle_close_s=60, group_instance_id="agg-recovery-0")
+    sender = Sender(kafka_bootstrap, topic_settings.detections, events, per_s=20)  # 2 x ~1100 events: longer than the test
+    resumes: list[float] = []
+    phases: list[dict[str, float]] = []
+    try:
+        agg.start()
+        sender.start()
+        _wait_progress(kafka_bootstrap, agg, topic_settings.detections, 0, 120)
+        for _ in range(3):
+            time.sleep(2.0)  # processing, with a checkpoint and commits behind it
+            agg.kill()
+            at = committed(kafka_bootstrap, agg.app_id, topic_settings.detections)  # after the kill: its last commit is in
+            assert at < sender.sent, "events left to resume on"
+            log_at = agg.log.stat().st_size
+            started_wall = time.time()
+            agg.start()
+            resumes.append(_wait_progress(kafka_bootstrap, agg, topic_settings.detections, at, 120))
+            assert agg.proc is not None
+            phases.append({**log_phases(agg.log.read_bytes()[log_at:].decode(errors="replace"), started_wall, AGGREGATOR_PHASES), "resumed": round(resumes[-1], 1),
+                           "cpu_s": round(cpu_s(agg.proc.pid), 1)})  # fmt: skip
+        print(f"aggregator restarts after kill -9 (machine load {os.getloadavg()[0]:.1f}): seconds from start {phases}; "
+              f"median {statistics.median(resumes):.1f} s, worst {max(resumes):.1f} s")  # fmt: skip
+        assert max(resumes) <= RESUME_LIMIT_S, f"a restart took {max(resumes):.1f} s to resume: {phases}\n{agg.logs()}"
+    finally:
+        agg.kill()
+
+
 @pytest.mark.slow  # ten restarts: minutes; the default suite keeps test_restart_mid_stream_gives_the_same_final_counts
 @pytest.mark.timeout(1800)  # ten restarts on a shared machine
 def test_kill_9_at_random_points_gives_the_undisturbed_counts_and_quick_restarts(
@@ -126,7 +173,7 @@ def test_kill_9_at_random_points_gives_the_undisturbed_counts_and_quick_restarts
               f"(wall, machine load {os.getloadavg()[0]:.1f}), using {[round(c, 1) for c in restart_cpu]} CPU s")  # fmt: skip
         assert trials == 10 and resumes, "ten kills, restarts with work left to resume"
         assert finals == expected, f"seed {seed}: final counts differ from the undisturbed run"
-        assert max(resumes) < RESUME_LIMIT_S, f"seed {seed}: a restart took {max(resumes):.1f} s to resume"
+        assert max(resumes) <= RESUME_LIMIT_S, f"seed {seed}: a restart took {max(resumes):.1f} s to resume"
         assert "camera state restored" in agg.log.read_text()
     finally:
         out.close()

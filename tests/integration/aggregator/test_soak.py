@@ -65,6 +65,7 @@ def test_soak_memory_and_state_stay_flat(tmp_path: Path, kafka_bootstrap: str, t
             producer.send(topic_settings.detections, key=end.camera.encode(), value=end.encode())
             sent.append(end)
         producer.flush()
+        _assert_flat(samples)  # before the counts: a wrong count must not hide the memory and state figures
         counter = CameraCounter(synthetic_site(), CAMERA)
         expected = final_counts([c for e in sent for c in counter.update(e)] + counter.finish(), synthetic_site().counting.intervals_s)
         out = Output(kafka_bootstrap, topic_settings)
@@ -76,8 +77,13 @@ def test_soak_memory_and_state_stay_flat(tmp_path: Path, kafka_bootstrap: str, t
     finally:
         producer.close()
         agg.kill()
+
+
+def _assert_flat(samples: list[tuple[float, float, float]]) -> None:
+    """The last third of the samples is not above the first third (after a warm-up) beyond a margin."""
     third = max(1, len(samples) // 3)
     warm, late = samples[1 : 1 + third], samples[-third:]
-    print("soak samples (s, RSS MB, checkpoint bytes):", [(round(s), round(r), int(b)) for s, r, b in samples])
+    print("soak samples (s, RSS MB, checkpoint bytes):", [(round(s), round(r), int(b)) for s, r, b in samples], flush=True)
+    assert warm and late, "too short a soak to compare"
     assert statistics.mean(r for _, r, _ in late) <= statistics.mean(r for _, r, _ in warm) * 1.15 + 20, "memory grows"
     assert statistics.mean(b for _, _, b in late) <= statistics.mean(b for _, _, b in warm) * 1.5 + 20_000, "state grows"

@@ -29,12 +29,42 @@ def test_interval_start(time_ms: int, interval_s: int, start_ms: int) -> None:
     assert interval_start_ms(time_ms, interval_s) == start_ms
 
 
+T7 = 1_715_670_000_000  # 2024-05-14 07:00:00 UTC, on a 15-minute (and hour) boundary
+MINUTE = 60_000
+
+
+@pytest.mark.parametrize(
+    ("time_ms", "interval_s", "offset_ms", "expected"),
+    [
+        (T7, 900, 0, T7),  # exactly on a boundary: the interval that starts there
+        (T7 - 1, 900, 0, T7 - 15 * MINUTE),  # 1 ms before the boundary: the previous interval
+        (T7 + 15 * MINUTE - 1, 900, 0, T7),  # last millisecond of an interval
+        (T7 + 15 * MINUTE, 900, 0, T7 + 15 * MINUTE),  # first millisecond of the next one
+        (T7 + 90_500, 60, 0, T7 + MINUTE),  # 1-minute intervals: 07:01:30.5 -> 07:01
+        (0, 900, 0, 0),  # epoch 0 (traffic count without --start): first interval starts at 0
+        (T7 + 10 * MINUTE, 3600, 19_800_000, T7 - 30 * MINUTE),  # +05:30: 07:10 UTC = 12:40 local -> 12:00 local = 06:30 UTC
+        (T7 + 10 * MINUTE, 900, 19_800_000, T7),  # +05:30 does not shift 15-minute bins (5:30 is a multiple of 15 min)
+    ],
+)
+def test_interval_start_on_a_local_clock(time_ms: int, interval_s: int, offset_ms: int, expected: int) -> None:
+    assert interval_start_ms(time_ms, interval_s, offset_ms) == expected
+
+
 @settings(deadline=None)
 @given(st.integers(0, 4_102_444_800_000), st.sampled_from([60, 300, 900, 3600]))
 def test_interval_contains_time_and_is_aligned(time_ms: int, interval_s: int) -> None:
     start = interval_start_ms(time_ms, interval_s)
     assert start <= time_ms < interval_end_ms(start, interval_s)
     assert start % (interval_s * 1000) == 0
+
+
+@settings(deadline=None)
+@given(st.integers(0, 4_102_444_800_000), st.sampled_from([60, 900, 3600]), st.integers(-12 * 3_600_000, 14 * 3_600_000))
+def test_interval_on_a_local_clock_contains_time_and_starts_on_a_local_boundary(time_ms: int, interval_s: int, offset_ms: int) -> None:
+    start = interval_start_ms(time_ms, interval_s, offset_ms)
+    assert start <= time_ms < interval_end_ms(start, interval_s)
+    assert (start + offset_ms) % (interval_s * 1000) == 0
+    assert count_keys(crossing("line", time_ms), [interval_s], offset_ms)[0].interval_start_ms == start
 
 
 @pytest.mark.parametrize(

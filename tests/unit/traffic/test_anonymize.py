@@ -1,21 +1,16 @@
-"""Persons are blurred in the pictures the product writes: inside their box the pixels change and are smooth; outside nothing changes."""
+"""Persons are blurred in the pictures the product writes: inside their box the pixels change and are smooth; outside nothing changes.
+
+The annotator's use of it is tested in tests/unit/offline/test_annotate.py.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from offline.annotate import VideoAnnotator
-from offline.count import FrameResult
-from traffic.detections import Detections
 from traffic.anonymize import blur_regions, person_boxes
-from traffic.site import load_site
 from traffic.wire import Detection
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _textured(h: int = 480, w: int = 640, seed: int = 7) -> np.ndarray:
@@ -61,24 +56,3 @@ def test_person_boxes_picks_persons_only() -> None:
     ]
     assert person_boxes(dets) == [(0.1, 0.2, 0.3, 0.4), (0.6, 0.1, 0.7, 0.3)]
     assert blur_regions(_textured(), []).tobytes() == _textured().tobytes()
-
-
-def _frame(image: np.ndarray, detections: tuple) -> FrameResult:
-    return FrameResult(seq=0, capture_ms=0, image=image, tracked=Detections.empty(), crossings=[], detections=detections)
-
-
-def test_the_annotator_blurs_a_persons_box_by_default_and_not_when_asked(tmp_path: Path) -> None:
-    _, camera = load_site(REPO / "deploy" / "sites" / "intersection-demo.yaml").camera("cam-demo")
-    box = (0.42, 0.35, 0.52, 0.75)
-    person = Detection(class_id=0, label="person", confidence=0.8, box=box)
-    car = Detection(class_id=2, label="car", confidence=0.8, box=(0.05, 0.6, 0.25, 0.8))
-    image = _textured()
-    blurred = VideoAnnotator(tmp_path / "a.mp4", camera, 10).draw(_frame(image, (person, car)))
-    plain = VideoAnnotator(tmp_path / "b.mp4", camera, 10, blur_persons=False).draw(_frame(image, (person, car)))
-    rows, cols = _pixels(box)
-    changed = np.any(blurred[rows, cols] != image[rows, cols], axis=-1)
-    assert changed.mean() > 0.95
-    assert _roughness(blurred[rows, cols]) < 0.1 * _roughness(image[rows, cols])
-    assert _roughness(plain[rows, cols]) > 0.5 * _roughness(image[rows, cols]), "--no-blur keeps the person as it is"
-    car_rows, car_cols = _pixels((0.05, 0.6, 0.25, 0.8))
-    assert _roughness(blurred[car_rows, car_cols]) > 0.5 * _roughness(image[car_rows, car_cols]), "vehicles are not blurred"

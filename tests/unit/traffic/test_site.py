@@ -10,7 +10,7 @@ import yaml
 from traffic.errors import ConfigError
 from traffic.site import compass_movement, load_site
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sites" / "intersection-demo.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "sites" / "intersection-demo.yaml"
 
 
 def test_example_site_loads_with_five_legs_and_their_movements() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TRUTH = REPO / "bench" / "accuracy" / "truth" / "intersection.truth.yaml"
 
 # Measured with the defaults (docs/accuracy.md); a change that makes any of them worse fails here.

@@ -17,8 +17,8 @@ from ingest.settings import IngestSettings
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
-from .test_count_synthetic import eastbound, make_video
-from .test_ingest_file import _consume, _run
+from tests.integration.offline.test_count_synthetic import eastbound, make_video
+from .test_file import _consume, _run
 
 
 def _site(tmp_path: Path, video: Path) -> Path:

@@ -14,7 +14,6 @@ import pytest
 from offline.report import (
     PEAK_BIN_S,
     bin_events,
-    bin_start_ms,
     build_report,
     find_peak_hour,
     parse_start,
@@ -80,23 +79,6 @@ def cross(t_ms: int, line: str = "l1", direction: str = "westbound", cls: str = 
         event_id=f"e{n}", kind="line", intersection="x1", camera="cam-1", session="s", track_id=n,
         vehicle_class=cls, time_ms=t_ms, line=line, direction=direction,
     )
-
-
-@pytest.mark.parametrize(
-    ("time_ms", "interval_s", "offset_ms", "expected"),
-    [
-        (T0, 900, 0, T0),  # exactly on a boundary: the interval that starts there
-        (T0 - 1, 900, 0, T0 - 15 * MIN),  # 1 ms before the boundary: the previous interval
-        (T0 + 15 * MIN - 1, 900, 0, T0),  # last millisecond of an interval
-        (T0 + 15 * MIN, 900, 0, T0 + 15 * MIN),  # first millisecond of the next one
-        (T0 + 90_500, 60, 0, T0 + MIN),  # 1-minute intervals: 07:01:30.5 -> 07:01
-        (0, 900, 0, 0),  # epoch 0 (no --start): first interval starts at 0
-        (T0 + 10 * MIN, 3600, 19_800_000, T0 - 30 * MIN),  # +05:30: 07:10 UTC = 12:40 local -> 12:00 local = 06:30 UTC
-        (T0 + 10 * MIN, 900, 19_800_000, T0),  # +05:30 does not shift 15-minute bins (5:30 is a multiple of 15 min)
-    ],
-)
-def test_bin_start(time_ms: int, interval_s: int, offset_ms: int, expected: int) -> None:
-    assert bin_start_ms(time_ms, interval_s, offset_ms) == expected
 
 
 @pytest.mark.parametrize(

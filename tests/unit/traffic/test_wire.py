@@ -18,7 +18,7 @@ from traffic.wire import (
 )
 from pathlib import Path
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "traffic" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[3] / "traffic" / "schemas"
 
 EVENT = DetectionEvent(
     camera="cam-1", intersection="main-5th", session="s1a2", seq=7, capture_ms=1_700_000_000_123,
@@ -123,3 +123,36 @@ def test_bad_frame_headers_name_the_problem(headers, reason: str) -> None:
     with pytest.raises(ContractError) as info:
         FrameHeaders.from_kafka(headers)
     assert info.value.reason == reason
+
+
+# -- unchanged frames (activity-adaptive inference, docs/contracts.md "Unchanged frames") ----------
+
+UNCHANGED_T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, capture time in ms
+
+
+def test_unchanged_frame_headers_round_trip_and_are_checked() -> None:
+    h = FrameHeaders("cam", "x1", "s1", 7, UNCHANGED_T0, 640, 480, unchanged_since=3)
+    raw = h.to_kafka()
+    assert ("unchanged-since", b"3") in raw and ("content-type", b"image/jpeg") not in raw
+    assert FrameHeaders.from_kafka(raw) == h
+    assert FrameHeaders.from_kafka(FrameHeaders("cam", "x1", "s1", 7, UNCHANGED_T0, 640, 480).to_kafka()).unchanged_since is None
+    for bad in (b"7", b"9", b"-1", b"x"):  # must name an earlier seq of the session
+        headers = [(k, bad if k == "unchanged-since" else v) for k, v in raw]
+        with pytest.raises(ContractError) as err:
+            FrameHeaders.from_kafka(headers)
+        assert err.value.reason == "bad_header"
+
+
+def _event(seq: int, **kw: object) -> DetectionEvent:
+    return DetectionEvent(camera="cam", intersection="x1", session="s", seq=seq, capture_ms=UNCHANGED_T0 + seq * 100, model="m",
+                          width=640, height=480, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_reused_from_seq_is_left_out_when_unset_and_checked_when_set() -> None:
+    assert b"reused_from_seq" not in _event(1).encode()  # inferred frames: the bytes of before the field existed
+    reused = _event(5, reused_from_seq=2)
+    assert DetectionEvent.decode(reused.encode()) == reused
+    car = Detection(class_id=2, label="car", confidence=0.9, box=(0.1, 0.1, 0.2, 0.2))
+    for bad in ({"reused_from_seq": 5}, {"reused_from_seq": 2, "detections": (car,)}, {"reused_from_seq": 2, "end_of_session": True}):
+        with pytest.raises(ValueError):
+            _event(5, **bad)
