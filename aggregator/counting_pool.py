@@ -188,7 +188,10 @@ class CountingPool:
             return self._inline.idle_cameras(now)
         loop = asyncio.get_running_loop()
         futures = []
+        self._attach()
         for child in self._children:
+            if child.ready is None or not child.ready.done():
+                continue  # still importing: it has no camera yet (and the timer must not wait for it)
             fut: asyncio.Future[Any] = loop.create_future()
             self._send(child, ("idle", now), "value", fut)
             futures.append(fut)
