@@ -101,6 +101,12 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     create_internal_topics(kafka, topics, settings, partitions)
     ctx = create_app(settings, kafka, topics, site, partitions)
     server = HealthServer(ctx.health, settings.metrics_port, registry=ctx.metrics.registry).start()
+    watcher = None
+    if settings.site_reload_s > 0:  # new lines and zones without a restart (the timer applies them)
+        from traffic.site_watch import SiteWatcher
+
+        watcher = SiteWatcher(settings.site_config, site, ctx.cameras.offer_site, interval_s=settings.site_reload_s, results=ctx.metrics.site_reloads)
+        watcher.start()
     # faust warns "producer buffer full" at every burst of changelog writes (its buffer holds 100
     # messages and drains on its own): not actionable, keep it out of the logs.
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
@@ -120,5 +126,7 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        if watcher is not None:
+            watcher.stop()
         server.stop()
     return 0

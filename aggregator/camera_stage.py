@@ -9,6 +9,14 @@ Per event, in this order (a refusal sends the input to the DLQ with the reason a
     -> tracks limit (their tracks end early) -> crossings, progress, stream state to the
        intersection stage
 
+Site hot reload: :meth:`CameraStage.offer_site` (the site watcher's thread) hands over a new
+valid site file; the housekeeping timer applies it with :meth:`CameraStage.apply_site`, between
+two events. A camera whose lines, zones or movements changed goes on with its tracks under the
+new geometry (:meth:`CameraCounter.reconfigured`: moved lines re-armed); other cameras are
+untouched. Each checkpoint records the geometry its counter had, so a checkpoint restored under
+another site file (a restart after the file changed, a rebalance before the reload reached
+this worker) is reconfigured the same way instead of counting on with stale line sides.
+
 State and recovery: the counter and the gate of each camera live in memory and are checkpointed
 to the ``camera-state`` table when faust commits offsets (a sensor on the commit, before the
 offsets are chosen), so every committed offset is covered by a checkpoint. After a crash faust
@@ -22,6 +30,7 @@ intersection stage counts each event id once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -39,6 +48,8 @@ from aggregator.sessions import FOREIGN, Held, SessionGate
 from aggregator.topology import Topology, camera_partition
 from traffic.capture_time import ClockReport
 from traffic.errors import ContractError
+from traffic.site import Camera, Site
+from traffic.site_watch import SiteChange
 from traffic.wire import CrossingEvent, DetectionEvent
 
 log = logging.getLogger(__name__)
@@ -78,6 +89,9 @@ class CameraStage:
         self._control_topic = topo.camera_control.get_topic_name()
         self._partition_cache: dict[str, int] = {}
         self.warmup: threading.Thread | None = None  # a thread importing the tracker, set by aggregator.app
+        self._geometry = {camera: checkpoint.camera_geometry(cfg) for camera, (_, cfg) in topo.cameras.items()}
+        self._offered: Site | None = None  # a new site file from the watcher's thread, applied by the timer
+        self._offer_lock = threading.Lock()
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -209,8 +223,9 @@ class CameraStage:
         data = self.topo.tables.camera_state.get(camera.encode())
         if data is not None:
             try:
-                snapshot, gate = checkpoint.decode(camera, data)
-                counter = CameraCounter.restore(self.topo.site, camera, snapshot, s.reorder_limit)
+                record = checkpoint.read(camera, data)
+                gate = record.gate
+                counter = self._restore(camera, record)
                 log.info("camera state restored", extra={"camera": camera, "session": counter.session, "next_seq": counter.next_seq, "bytes": len(data)})
             except Exception as exc:  # noqa: BLE001 - an untrusted changelog record: start afresh, never crash-loop
                 self.metrics.state_restore_failed.labels(camera).inc()
@@ -226,6 +241,68 @@ class CameraStage:
         )  # fmt: skip
         return cam
 
+    def _restore(self, camera: str, record: checkpoint.Checkpoint) -> CameraCounter:
+        """The counter of a checkpoint under the running site; one of other lines and zones is reconfigured, not trusted."""
+        s = self.settings
+        if not record.geometry or record.geometry == self._geometry[camera]:
+            return CameraCounter.restore(self.topo.site, camera, record.snapshot, s.reorder_limit)
+        _, current = self.topo.cameras[camera]
+        was = Camera.model_validate({**current.model_dump(by_alias=True), **json.loads(record.geometry)})
+        previous = CameraCounter.restore(_with_cameras(self.topo.site, {camera: was}), camera, record.snapshot, s.reorder_limit)
+        self.dirty.add(camera)  # the next checkpoint carries the new geometry
+        log.info("camera checkpoint of other lines and zones: counting goes on with the site file's", extra={"camera": camera})
+        return previous.reconfigured(self.topo.site)
+
+    # -- site hot reload ---------------------------------------------------------------------
+    def offer_site(self, change: SiteChange) -> None:
+        """The site watcher's callback (its own thread): keep the new site for the next timer tick."""
+        with self._offer_lock:
+            self._offered = change.site
+
+    def reload_site(self) -> list[str]:
+        """Apply the site the watcher offered since the last call, if any (the timer calls this); see :meth:`apply_site`."""
+        with self._offer_lock:
+            site, self._offered = self._offered, None
+        return [] if site is None else self.apply_site(site)
+
+    def apply_site(self, site: Site) -> list[str]:
+        """Count with ``site``'s lines, zones and movements from now on; returns what waits for a restart.
+
+        Cameras whose geometry changed go on with their tracks, ordering and de-duplication
+        state under the new geometry (:meth:`CameraCounter.reconfigured`); every other camera is
+        untouched. Cameras added, removed or moved to another intersection and changes of the
+        ``counting`` section change the tables' keys or the intervals: they are listed as
+        needing a restart, logged, counted, and not applied.
+        """
+        old, new = self.topo.cameras, site.cameras()
+        later = []
+        if new.keys() - old.keys():
+            later.append(f"cameras added: {', '.join(sorted(new.keys() - old.keys()))}")
+        if old.keys() - new.keys():
+            later.append(f"cameras removed: {', '.join(sorted(old.keys() - new.keys()))}")
+        moved = sorted(c for c in old.keys() & new.keys() if old[c][0].id != new[c][0].id)
+        if moved:
+            later.append(f"cameras moved to another intersection: {', '.join(moved)}")
+        if site.counting != self.topo.site.counting:
+            later.append("the counting section")
+        live = {c: new[c][1] for c in sorted(old.keys() & new.keys()) if c not in moved and checkpoint.camera_geometry(new[c][1]) != self._geometry[c]}
+        if live:
+            self.topo.site = _with_cameras(self.topo.site, live)
+            self.topo.cameras = self.topo.site.cameras()
+        for camera, cfg in live.items():
+            self._geometry[camera] = checkpoint.camera_geometry(cfg)
+            cam = self.cameras.get(camera)
+            if cam is not None:  # else its checkpoint is restored under the new geometry (see _restore)
+                cam.counter = cam.counter.reconfigured(self.topo.site)
+                self.dirty.add(camera)
+            log.info("camera counts with new lines and zones", extra={
+                "camera": camera, "lines": [line.id for line in cfg.lines], "approaches": [a.id for a in cfg.approaches],
+                "tracks": cam.counter.active_tracks if cam is not None else None})
+        if later:
+            self.metrics.site_reloads.labels("restart_needed").inc()
+            log.warning("site change applied in part: the rest needs a restart of the aggregator", extra={"applied": sorted(live), "needs_restart": later})
+        return later
+
     def checkpoint(self) -> int:
         """Write the checkpoint of every camera changed since the last one; returns bytes written.
 
@@ -237,12 +314,13 @@ class CameraStage:
             cam = self.cameras.get(camera)
             if cam is None:
                 continue
-            data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
+            geometry = self._geometry[camera]
+            data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate, geometry)
             if len(data) > self.settings.max_state_bytes:
                 crossings = self._shed(camera, cam, "bytes")
                 for crossing in crossings:  # outside a stream: buffered sends, flushed with the commit
                     self._send_crossing_soon(crossing)
-                data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate)
+                data = checkpoint.encode(camera, cam.counter.snapshot(), cam.gate, geometry)
             self.topo.tables.camera_state[camera.encode()] = data
             self.metrics.state_bytes.labels(camera).set(len(data))
             self.metrics.checkpoint_bytes.inc(len(data))
@@ -353,6 +431,12 @@ class _HeldRecord:
     @property
     def offset(self) -> int:
         return self.held.source[2]
+
+
+def _with_cameras(site: Site, cameras: dict[str, Camera]) -> Site:
+    """``site`` with the entries of ``cameras`` (by id) in place of its own (all validated already)."""
+    intersections = [inter.model_copy(update={"cameras": [cameras.get(c.id, c) for c in inter.cameras]}) for inter in site.intersections]
+    return site.model_copy(update={"intersections": intersections})
 
 
 def _headers(message: Any) -> tuple[tuple[str, bytes], ...]:

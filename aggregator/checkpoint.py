@@ -3,7 +3,14 @@
 Written to the ``camera-state`` table once per commit interval (not per event) by the camera
 stage; read back after a restart or a rebalance. The record is::
 
-    b"TCP1" | crc32 (4 bytes, big endian) of the rest | zlib( pickle( (camera, counter snapshot, gate state) ) )
+    b"TCP1" | crc32 (4 bytes, big endian) of the rest | zlib( pickle( (camera, counter snapshot, gate state, geometry) ) )
+
+``geometry`` is the JSON of what the counter was configured with from the site file (the
+camera's fps, lines, approaches, movements: :func:`camera_geometry`; never its source, which may
+hold a password): a counter restored under a site file whose geometry for the camera differs
+(the file changed while the service was down, or before the hot reload reached this worker)
+first ends its tracks with the geometry they began with (see ``CameraStage.camera``). Records
+of before that field (three items) read as geometry ``""``.
 
 Reading is defensive, because the changelog topic is input like any other (a corrupted or
 foreign record must not crash-loop the service, let alone run code): the magic, the CRC and the
@@ -19,9 +26,12 @@ import io
 import pickle
 import struct
 import zlib
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from aggregator.sessions import Held, SessionGate
+from traffic.site import Camera
 from traffic.errors import ContractError
 from traffic.wire import DetectionEvent
 
@@ -34,22 +44,50 @@ class CheckpointError(ValueError):
     """A checkpoint record that cannot be trusted (not ours, corrupted, another camera's, unsafe)."""
 
 
-def encode(camera: str, counter_snapshot: bytes, gate: SessionGate) -> bytes:
-    """One checkpoint record."""
+GEOMETRY_FIELDS = frozenset({"fps", "lines", "approaches", "movements", "right_hand_traffic"})
+"""What of a camera's site entry the counter is built from (the rest is the ingester's)."""
+
+
+def camera_geometry(camera: Camera) -> str:
+    """The camera's counting geometry as canonical JSON (compared, and kept in the checkpoint)."""
+    return json.dumps(camera.model_dump(mode="json", include=set(GEOMETRY_FIELDS), by_alias=True), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A decoded record: the counter snapshot, the session gate, the geometry the counter had ("" = unknown)."""
+
+    snapshot: bytes
+    gate: SessionGate
+    geometry: str
+
+
+def encode(camera: str, counter_snapshot: bytes, gate: SessionGate, geometry: str = "") -> bytes:
+    """One checkpoint record (``geometry``: :func:`camera_geometry` of the counter's camera)."""
     gate_state = (gate.confirm_events, gate.foreign_after, gate.candidate, [(h.value, h.key, list(h.headers), tuple(h.source)) for h in gate.held], gate.strikes, list(gate.past))
-    body = zlib.compress(pickle.dumps((camera, counter_snapshot, gate_state), protocol=pickle.HIGHEST_PROTOCOL), ZLIB_LEVEL)
+    body = zlib.compress(pickle.dumps((camera, counter_snapshot, gate_state, geometry), protocol=pickle.HIGHEST_PROTOCOL), ZLIB_LEVEL)
     return MAGIC + struct.pack(">I", zlib.crc32(body)) + body
 
 
 def decode(camera: str, data: bytes) -> tuple[bytes, SessionGate]:
     """(counter snapshot, session gate) of a checkpoint record; CheckpointError if it cannot be trusted."""
+    record = read(camera, data)
+    return record.snapshot, record.gate
+
+
+def read(camera: str, data: bytes) -> Checkpoint:
+    """The whole checkpoint record; CheckpointError if it cannot be trusted."""
     if not isinstance(data, bytes | bytearray) or len(data) < 8 or data[:4] != MAGIC:
         raise CheckpointError("not a checkpoint record")
     body = bytes(data[8:])
     if struct.unpack(">I", data[4:8])[0] != zlib.crc32(body):
         raise CheckpointError("checkpoint CRC mismatch")
     try:
-        owner, snapshot, gate_state = _NoClasses(io.BytesIO(zlib.decompress(body))).load()
+        envelope = _NoClasses(io.BytesIO(zlib.decompress(body))).load()
+        owner, snapshot, gate_state = envelope[:3]
+        geometry = envelope[3] if len(envelope) > 3 else ""
+        if len(envelope) > 4 or not isinstance(geometry, str):
+            raise CheckpointError("checkpoint envelope of another shape")
         confirm, foreign, candidate, held, strikes, past = gate_state
         gate = SessionGate(int(confirm), int(foreign), candidate, [_held(*h) for h in held], int(strikes), [str(s) for s in past])
     except CheckpointError:
@@ -59,7 +97,7 @@ def decode(camera: str, data: bytes) -> tuple[bytes, SessionGate]:
     if owner != camera or not isinstance(snapshot, bytes):
         raise CheckpointError(f"checkpoint of camera {owner!r}, not {camera!r}")
     check_snapshot(snapshot)
-    return snapshot, gate
+    return Checkpoint(snapshot, gate, geometry)
 
 
 def _held(value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], source: tuple[str, int, int]) -> Held:

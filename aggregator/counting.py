@@ -149,6 +149,21 @@ class CameraCounter:
         counter._order.reorder_limit = reorder_limit
         return counter
 
+    def reconfigured(self, site: Site) -> "CameraCounter":
+        """This counter under ``site``'s lines, zones and movements for its camera (a site hot reload).
+
+        Ordering, de-duplication and the live tracks (same ids) go on. A line whose points changed
+        is re-armed in every live track (its side is found again from the track's next point), so
+        no track counts for being on the other side of where the line used to be.
+        """
+        counter = CameraCounter.restore(site, self.camera_id, self.snapshot(), self._order.reorder_limit)
+        points = {line.id: line.points for line in counter._camera.lines}
+        moved = [line.id for line in self._camera.lines if points.get(line.id, line.points) != line.points]
+        for state in counter._tracks.values():
+            for line_id in moved:
+                state.lines.pop(line_id, None)
+        return counter
+
     def update(self, event: DetectionEvent, observer: Observer | None = None) -> list[CrossingEvent]:
         """Take one event in arrival order; return the crossings and movements it lets us decide.
 

@@ -8,7 +8,8 @@ Every ``tick_interval_s`` on every worker, for the partitions it owns:
 * intersections with intervals due (watermark past end + grace, or idle for ``idle_close_s``):
   a ``close`` wake-up on the by-intersection topic;
 * provisional records of the open intervals that changed, every ``provisional_interval_s``;
-* the window-lag gauge.
+* the window-lag gauge;
+* a site file the watcher found changed: applied between two events (``CameraStage.apply_site``).
 
 Nothing here writes a table: faust allows that only inside a stream, so the timer only sends
 wake-ups, which the stages check again before they act (see :mod:`aggregator.records`).
@@ -56,6 +57,7 @@ class Housekeeping:
         self.health.set("kafka", True)
         now = time.monotonic()
         self.cameras.load_assigned()
+        self.cameras.reload_site()
         for partition, finish in self.cameras.idle_cameras(now):
             await self.topo.camera_control.send(key=finish.camera.encode(), value=encode(finish), partition=partition)
         for intersection in self.intersections.due_intersections(now):

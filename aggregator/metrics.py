@@ -56,6 +56,13 @@ class AggregatorMetrics:
             "traffic_aggregator_state_restore_failed_total", "Checkpoints that could not be trusted at restore (the camera started afresh).",
             ["camera"], registry=r,
         )  # fmt: skip
+        self.site_reloads = Counter(
+            "traffic_aggregator_site_reloads_total",
+            "Changes of the site file seen, by result: applied, refused (invalid: the running one kept), failed, restart_needed (a part that only a restart applies).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for result in ("applied", "refused", "failed", "restart_needed"):
+            self.site_reloads.labels(result)
 
     def add_cameras(self, cameras: Iterable[str]) -> None:
         """Create the per-camera series at 0, so dashboards' rate() has data before the first duplicate."""

@@ -19,6 +19,7 @@ class AggregatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAFFIC_AGGREGATOR_", extra="forbid")
 
     site_config: str = Field(default="deploy/sites/intersection-demo.yaml", description="site YAML file (cameras, lines, zones, counting)")
+    site_reload_s: float = Field(default=2.0, ge=0, description="how often the site file is checked for a change of lines, zones and movements, applied without a restart (s; 0 = never)")
     metrics_port: int = Field(default=9103, ge=0, le=65535, description="port of /metrics /healthz /readyz (0 = a free port)")
     data_dir: str = Field(default="/tmp/traffic-aggregator", description="faust data directory (table stores)")
     app_id: str = Field(default="traffic-aggregator", min_length=1, description="faust app id: consumer group and prefix of changelog topics")

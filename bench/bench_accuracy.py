@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.benchdoc import machine, write_section  # noqa: E402
+from bench.benchdoc import machine, publish  # noqa: E402
 from offline.evaluate import evaluate, markdown_table, pooled, write_outputs  # noqa: E402
 from offline.truth import load_truth  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
@@ -105,8 +105,7 @@ def main() -> int:
         "",
         *(native_rows if peer_native else ["(not run: --no-peer)"]),
     ])  # fmt: skip
-    print(text)
-    write_section("Results", text, doc="accuracy.md")
+    publish("Results", text, doc="accuracy.md")
     return 0
 
 

@@ -23,7 +23,6 @@ show the gate changes nothing, but those counts are not labelled.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchdoc import machine, write_section  # noqa: E402
+from benchdoc import add_output_arguments, machine, publish  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
 from traffic.site import load_site  # noqa: E402
 
@@ -106,8 +105,7 @@ def truth_error(recording, crossings: list) -> str:  # type: ignore[no-untyped-d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", nargs="*", default=list(VIDEOS))
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    parser.add_argument("--json", default="", help="also write the raw figures to this JSON file")
+    add_output_arguments(parser)
     args = parser.parse_args()
     from offline.count import count_video
     from ingest.settings import IngestSettings
@@ -169,11 +167,7 @@ def main() -> int:
         "approach: those frames skip the model, bar one whole frame every max_reuse_s. The empty road is the quiet "
         "case the gate is for (night, no traffic): every frame skips the model except one every max_reuse_s.",
     ])  # fmt: skip
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw, indent=2))
-    if not args.no_write:
-        write_section("Activity-adaptive inference", text)
+    publish("Activity-adaptive inference", text, args, raw)
     return 0
 
 

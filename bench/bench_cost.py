@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchdoc import machine, write_section  # noqa: E402
+from benchdoc import add_output_arguments, machine, publish  # noqa: E402
 from devkit.broker import LocalBroker  # noqa: E402
 from devkit.local_pipeline import Child, LocalPipeline, PipelineConfig, scrape  # noqa: E402
 from traffic.settings import KafkaSettings, shared_dir  # noqa: E402
@@ -214,8 +214,7 @@ def main() -> int:
     parser.add_argument("--warm-s", type=float, default=20.0)
     parser.add_argument("--aggregator-commit", default="", help="main's commit the aggregator figure is taken from")
     parser.add_argument("--aggregator-ms", type=float, default=None, help="app CPU ms per event from bench_aggregator.py at that commit")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    parser.add_argument("--json", default="", help="also write the raw figures to this JSON file")
+    add_output_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("TRAFFIC_LOG_LEVEL", "WARNING")
     results = []
@@ -224,11 +223,7 @@ def main() -> int:
         for name, video in (("busy", shared_dir() / "videos" / "intersection.mp4"), ("quiet", quiet_video)):
             results.append(scenario(name, video, broker, Path(tmp) / name, args.idle_s, args.warm_s, args.window_s))
     text = table(results, args.aggregator_commit or "(not given)", args.aggregator_ms)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    if not args.no_write:
-        write_section("Cost per camera", text)
+    publish("Cost per camera", text, args, results)
     return 0
 
 

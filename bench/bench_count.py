@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchdoc import machine, sampled_frames, write_section  # noqa: E402
+from benchdoc import machine, publish, sampled_frames  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
 from traffic.site import load_site  # noqa: E402
 
@@ -128,8 +128,7 @@ def main() -> int:
         "(OpenCV releases the GIL), so that work overlaps the model's Python pre/post-processing. ObjectCounter, like the "
         "baseline, gets the decoded frames from memory.",
     ])  # fmt: skip
-    print(text)
-    write_section("Count", text)
+    publish("Count", text)
     return 0
 
 

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchdoc import machine, write_section  # noqa: E402
+from benchdoc import machine, publish  # noqa: E402
 
 from devkit.ingest_group import IngestGroup, exactly_once  # noqa: E402
 from devkit.simulated_camera import SimulatedCamera, available  # noqa: E402
@@ -414,7 +414,7 @@ def main() -> int:
         "open (docs/ingest.md); a SIGTERM hands cameras over without waiting for the session timeout."
     )
     body = "\n\n".join([note, table(rows), live_note, live_table(live), move_note, reassignment_table(gaps)])
-    print(f"written to {write_section('Ingest', body)}")
+    publish("Ingest", body)
     return 0
 
 

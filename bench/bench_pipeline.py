@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_count import run_peer  # noqa: E402
-from benchdoc import machine, sampled_frames, write_section  # noqa: E402
+from benchdoc import machine, publish, sampled_frames  # noqa: E402
 from devkit.broker import LocalBroker  # noqa: E402
 from devkit.local_pipeline import LocalPipeline, PipelineConfig  # noqa: E402
 from traffic.settings import shared_dir  # noqa: E402
@@ -131,8 +131,7 @@ def main() -> int:
         "`lagThreshold` = per-replica frames/s x 1 s of backlog, i.e. ~400 for such a replica (the GPU overlay keeps a "
         "placeholder of 240 until a GPU run measures it), and `maxReplicaCount` <= partitions of `traffic.frames` (12).",
     ])  # fmt: skip
-    print(text)
-    write_section("Pipeline", text)
+    publish("Pipeline", text)
     return 0
 
 

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from benchdoc import machine, sampled_frames, write_section  # noqa: E402
+from benchdoc import add_output_arguments, machine, publish, sampled_frames  # noqa: E402
 from devkit.broker import LocalBroker  # noqa: E402
 from traffic.settings import KafkaSettings, TopicSettings, shared_dir  # noqa: E402
 from traffic.topics import create_topics  # noqa: E402
@@ -140,8 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    parser.add_argument("--json", default="", help="also write the raw figures to this JSON file (for the cost table)")
+    add_output_arguments(parser)
     args = parser.parse_args()
     model_path = str(shared_dir() / "models" / "yolo11n_int8_openvino_model")
     frames = sampled_frames(shared_dir() / "videos" / "intersection.mp4", args.frames)
@@ -238,16 +237,12 @@ def main() -> int:
         f"holds the value of an earlier run: 40).",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "frames": n, "baseline_fps": n / base_s, "worker_fps": per_replica, "ratio": ratio("worker"),
-            "worker_cpu_ms": 1000 * w.cpu_s / n, "baseline_cpu_ms": 1000 * mid["base"].cpu_s / n,
-            "broker_cpu_ms": 1000 * w.broker_cpu_s / n, "unchanged_cpu_ms": 1000 * u.cpu_s / n,
-            "unchanged_broker_cpu_ms": 1000 * u.broker_cpu_s / n, "stages_ms": ms, "wall_ms": wall_ms,
-        }, indent=2))  # fmt: skip
-    if not args.no_write:
-        write_section("Worker", text)
+    publish("Worker", text, args, {
+        "frames": n, "baseline_fps": n / base_s, "worker_fps": per_replica, "ratio": ratio("worker"),
+        "worker_cpu_ms": 1000 * w.cpu_s / n, "baseline_cpu_ms": 1000 * mid["base"].cpu_s / n,
+        "broker_cpu_ms": 1000 * w.broker_cpu_s / n, "unchanged_cpu_ms": 1000 * u.cpu_s / n,
+        "unchanged_broker_cpu_ms": 1000 * u.broker_cpu_s / n, "stages_ms": ms, "wall_ms": wall_ms,
+    })  # fmt: skip
     return 0
 
 

@@ -1,7 +1,9 @@
-"""What the benchmarks share: the machine line, sample frames, and their section of docs/benchmarks.md."""
+"""What the benchmarks share: the machine line, sample frames, their output options and their section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
@@ -52,3 +54,19 @@ def write_section(title: str, markdown: str, doc: str = "benchmarks.md") -> Path
     text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n" if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text)
     return path
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, doc: str = "benchmarks.md") -> None:
+    """``--no-write`` (print only) and ``--json`` (the raw figures too), read by :func:`publish`."""
+    parser.add_argument("--no-write", action="store_true", help=f"print only; leave docs/{doc} alone")
+    parser.add_argument("--json", default="", help="also write the raw figures to this JSON file (e.g. for the cost table)")
+
+
+def publish(title: str, markdown: str, args: argparse.Namespace | None = None, raw: object = None, doc: str = "benchmarks.md") -> None:
+    """Print a benchmark's section, write ``raw`` to ``--json`` when given, and put the section into docs/<doc>
+    unless ``--no-write`` (options of :func:`add_output_arguments`; without ``args`` the section is always written)."""
+    print(markdown)
+    if args is not None and getattr(args, "json", "") and raw is not None:
+        Path(args.json).write_text(json.dumps(raw, indent=2))
+    if args is None or not getattr(args, "no_write", False):
+        print(f"written to {write_section(title, markdown, doc)}")

@@ -22,16 +22,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import ssl
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from devkit.broker import free_port
+from devkit.local_pipeline import Child
 from traffic.errors import TrafficError
 
 KEDA_NAMESPACE = "keda"
@@ -96,37 +96,6 @@ class Pki:
         _openssl("pkey", "-in", str(self.key(name)), "-pubout", "-out", str(self.dir / f"{name}.pub"), cwd=self.dir)
 
 
-class Process:
-    """One control-plane process, its output in ``<log_dir>/<name>.log``."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; idempotent."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-        if not self._log.closed:
-            self._log.close()
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @dataclass
 class ControlPlane:
     """Start with :meth:`start`, stop with :meth:`stop` (reverse order); a context manager too.
@@ -143,7 +112,7 @@ class ControlPlane:
     run_dir: Path
     hpa_sync_period_s: int = 15
     extra_crds: list[Path] = field(default_factory=list)
-    processes: list[Process] = field(default_factory=list)
+    processes: list[Child] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     # Seconds from start() until each part was ready (for the report and the docs).
     timings: dict[str, float] = field(default_factory=dict)
@@ -196,13 +165,13 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop in reverse order of start: KEDA, controllers, the apiserver, then etcd."""
         for proc in reversed(self.processes):
-            proc.stop()
+            proc.terminate(timeout_s=15.0)
         self.processes.clear()
 
     def check_alive(self) -> None:
         for proc in self.processes:
             if not proc.alive():
-                raise ControlPlaneError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.tail()}")
+                raise ControlPlaneError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.tail(15)}")
 
     # -- clients -----------------------------------------------------------------------------
     def api_client(self) -> Any:
@@ -262,7 +231,7 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.processes.append(Process(name, argv, self.run_dir / "logs", env))
+        self.processes.append(Child(name, argv, {**os.environ, **(env or {})}, self.run_dir / "logs"))
 
     def _start_etcd(self) -> None:
         p = self.ports
@@ -404,7 +373,7 @@ class ControlPlane:
         while not ready():
             self.check_alive()
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.processes)
+                logs = "\n".join(f"--- {p.name}\n{p.tail(15)}" for p in self.processes)
                 raise ControlPlaneError(f"{what} not ready within {timeout_s:.0f} s\n{logs}")
             time.sleep(0.3)
         self.timings[what] = time.monotonic() - started

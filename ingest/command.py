@@ -10,13 +10,13 @@ import signal
 from types import FrameType
 
 from ingest.settings import IngestSettings
-from traffic.settings import KafkaSettings, TopicSettings, add_settings_arguments, settings_from_args
+from traffic.settings import add_service_command, service_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``ingest`` subcommand with one option per setting."""
-    parser = sub.add_parser(
-        "ingest",
+    add_service_command(
+        sub, "ingest", IngestSettings, "ingest", _run,
         help="read cameras (RTSP / HTTP-MJPEG / files) and publish sampled JPEG frames to Kafka",
         description=(
             "Reads every camera of the site file (or --cameras), samples at each camera's fps, resizes, "
@@ -24,20 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Stops on SIGTERM/SIGINT (flushing within --shutdown-deadline-s), or when every file / --max-frames is done."
         ),
     )
-    add_settings_arguments(parser, IngestSettings, "ingest")
-    add_settings_arguments(parser, KafkaSettings, "kafka")
-    add_settings_arguments(parser, TopicSettings, "topics")
-    parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import IngestService
 
-    service = IngestService(
-        settings_from_args(args, IngestSettings),
-        settings_from_args(args, KafkaSettings),
-        settings_from_args(args, TopicSettings),
-    )
+    service = IngestService(*service_settings(args, IngestSettings))
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         service.stop()

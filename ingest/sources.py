@@ -1,6 +1,6 @@
 """Open camera sources: RTSP (over TCP), HTTP-MJPEG and video files, all through OpenCV's FFmpeg backend.
 
-Why one module: the traps of OpenCV capture live here and nowhere else (PITFALLS.md):
+Why one module: the traps of OpenCV capture live here and nowhere else:
 
 * timeouts are only honoured when passed *at open* (opencv#23207), so :func:`open_source` always
   passes ``CAP_PROP_OPEN_TIMEOUT_MSEC`` / ``CAP_PROP_READ_TIMEOUT_MSEC``;

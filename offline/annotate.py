@@ -25,6 +25,27 @@ _LINE = (255, 128, 0)
 _BOX = (0, 220, 0)
 
 
+def draw_geometry(image: np.ndarray, camera: Camera, *, line_width: int = 2, arrow_px: int = 15, font_scale: float = 0.45) -> None:
+    """Draw the camera's zones (red, with their ids) and count lines (blue, an arrow to the ``in`` side) on ``image``, in place.
+
+    The annotated video and the labelling sheets (offline/audit.py) draw the geometry the same way.
+    """
+    h, w = image.shape[:2]
+    for approach in camera.approaches:
+        pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
+        cv2.polylines(image, [pts], True, _ZONE, 1)
+        cv2.putText(image, approach.id, tuple(int(v) for v in pts.mean(axis=0)), cv2.FONT_HERSHEY_SIMPLEX, font_scale, _ZONE, 1)
+    for line in camera.lines:
+        (ax, ay), (bx, by) = line.points
+        a, b = (int(ax * w), int(ay * h)), (int(bx * w), int(by * h))
+        cv2.line(image, a, b, _LINE, line_width)
+        mid = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
+        normal = np.array([-(b[1] - a[1]), b[0] - a[0]], float)
+        normal = normal / (np.linalg.norm(normal) or 1) * arrow_px
+        cv2.arrowedLine(image, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _LINE, 1)  # the "in" side
+        cv2.putText(image, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, font_scale, _LINE, 1)
+
+
 class VideoAnnotator:
     """Writes an annotated MP4 (``mp4v``) at the sampling rate; ``close()`` when done."""
 
@@ -56,20 +77,7 @@ class VideoAnnotator:
         image = frame.image.copy()
         if self.blur_persons:
             blur_regions(image, person_boxes(frame.detections), inplace=True)  # the wire's normalized boxes
-        h, w = image.shape[:2]
-        for approach in self.camera.approaches:
-            pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
-            cv2.polylines(image, [pts], True, _ZONE, 1)
-            cv2.putText(image, approach.id, tuple(int(v) for v in pts.mean(axis=0)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _ZONE, 1)
-        for line in self.camera.lines:
-            (ax, ay), (bx, by) = line.points
-            a, b = (int(ax * w), int(ay * h)), (int(bx * w), int(by * h))
-            cv2.line(image, a, b, _LINE, 2)
-            mid = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
-            normal = np.array([-(b[1] - a[1]), b[0] - a[0]], float)
-            normal = normal / (np.linalg.norm(normal) or 1) * 15
-            cv2.arrowedLine(image, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _LINE, 1)  # the "in" side
-            cv2.putText(image, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, 0.45, _LINE, 1)
+        draw_geometry(image, self.camera)
         tracked = frame.tracked
         ids = tracked.tracker_id if tracked.tracker_id is not None else [0] * len(tracked)
         for (x1, y1, x2, y2), track_id, label in zip(tracked.xyxy, ids, tracked.class_name):

@@ -29,11 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from offline.annotate import draw_geometry
 from traffic.anonymize import blur_regions
 from traffic.site import Camera, CountLine
 
 TILE = 160
-_GREEN, _ORANGE, _WHITE, _RED, _BLUE = (0, 200, 0), (0, 140, 255), (255, 255, 255), (0, 0, 255), (255, 128, 0)
+_GREEN, _ORANGE, _WHITE, _RED = (0, 200, 0), (0, 140, 255), (255, 255, 255), (0, 0, 255)
 
 
 @dataclass(frozen=True)
@@ -118,23 +119,10 @@ def line_scan(video: Path, line: CountLine, fps: float, marks: Sequence[Mark] = 
     return canvas
 
 
-def draw_geometry(image: np.ndarray, camera: Camera) -> np.ndarray:
-    """A copy with the camera's zones (red) and lines (blue, arrow to the ``in`` side)."""
+def with_geometry(image: np.ndarray, camera: Camera) -> np.ndarray:
+    """A copy with the camera's zones and lines drawn thin (``offline.annotate.draw_geometry``)."""
     out = image.copy()
-    h, w = out.shape[:2]
-    for approach in camera.approaches:
-        pts = np.array([[x * w, y * h] for x, y in approach.polygon], np.int32)
-        cv2.polylines(out, [pts], True, _RED, 1)
-        cv2.putText(out, approach.id, tuple(int(v) for v in pts.mean(axis=0)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _RED, 1)
-    for line in camera.lines:
-        (ax, ay), (bx, by) = line.points
-        a, b = (int(ax * w), int(ay * h)), (int(bx * w), int(by * h))
-        cv2.line(out, a, b, _BLUE, 1)
-        mid = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
-        normal = np.array([-(b[1] - a[1]), b[0] - a[0]], float)
-        normal = normal / (np.linalg.norm(normal) or 1) * 12
-        cv2.arrowedLine(out, mid, (int(mid[0] + normal[0]), int(mid[1] + normal[1])), _BLUE, 1)
-        cv2.putText(out, line.id, a, cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLUE, 1)
+    draw_geometry(out, camera, line_width=1, arrow_px=12, font_scale=0.4)
     return out
 
 
@@ -169,7 +157,7 @@ def contact_sheet(
                 continue
             if blur and person_boxes is not None and index in person_boxes:
                 image = blur_regions(image, person_boxes[index], normalized=False)
-            crops.append(_crop(draw_geometry(image, camera), mark.point, TILE))
+            crops.append(_crop(with_geometry(image, camera), mark.point, TILE))
         row = np.hstack(crops)
         caption = np.zeros((18, row.shape[1], 3), np.uint8)
         cv2.putText(caption, mark.caption[:60], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _WHITE, 1)
@@ -186,7 +174,7 @@ def trajectory_sheet(
     background: np.ndarray, camera: Camera, paths: Sequence[tuple[str, Sequence[tuple[float, float]]]], columns: int = 4, size: int = 240
 ) -> np.ndarray:
     """One small frame per path, with the zones and the path (green start, red end) and its caption."""
-    base = draw_geometry(background, camera)
+    base = with_geometry(background, camera)
     h, w = base.shape[:2]
     tiles = []
     for caption, points in paths:

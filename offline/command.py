@@ -24,9 +24,20 @@ def _detector_default(name: str) -> object:
 
 def _add_model_arguments(p: argparse.ArgumentParser, *, conf: bool = True) -> None:
     """--model (and --conf) with the workers' defaults, so every offline command detects as a worker does."""
-    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", "yolo26n.pt"), help="Ultralytics model name or path [env TRAFFIC_WORKER_MODEL; default yolo26n.pt]")
+    from workers.settings import WorkerSettings
+
+    model = WorkerSettings.model_fields["model"].default
+    p.add_argument("--model", default=os.environ.get("TRAFFIC_WORKER_MODEL", model), help=f"Ultralytics model name or path [env TRAFFIC_WORKER_MODEL; default {model}]")
     if conf:
         p.add_argument("--conf", type=float, default=_detector_default("conf"), help=f"detector confidence threshold (default {_detector_default('conf')}, the workers' default)")
+
+
+def _add_recording_arguments(p: argparse.ArgumentParser) -> None:
+    """The recording, and the site file and camera that say where its lines and zones are."""
+    p.add_argument("video", help="the recorded video file")
+    p.add_argument("--site", required=True, help="site YAML with the camera's lines and approach zones")
+    p.add_argument("--camera", required=True, help="camera id in the site file that recorded the video")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``count``, ``eval`` and ``label`` subcommands."""
@@ -40,9 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "totals, peak hour and PHF). Exit code 2 for bad input or configuration."
         ),
     )
-    p.add_argument("video", help="the recorded video file")
-    p.add_argument("--site", required=True, help="site YAML with the camera's lines and approach zones")
-    p.add_argument("--camera", required=True, help="camera id in the site file that recorded the video")
+    _add_recording_arguments(p)
     _add_model_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--half", action="store_true", help="FP16 on CUDA")
@@ -89,9 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "blurred unless --no-blur."
         ),
     )
-    p.add_argument("video", help="the recording")
-    p.add_argument("--site", required=True, help="site YAML with the camera's lines and approach zones")
-    p.add_argument("--camera", required=True, help="camera id in the site file")
+    _add_recording_arguments(p)
     _add_model_arguments(p, conf=False)
     p.add_argument("--fps", type=float, default=None, help="sampling rate of the candidate count (default: every frame of the file)")
     p.add_argument("--truth", default=None, help="an existing truth file: its records are marked on the pictures too")

@@ -9,9 +9,11 @@ other's messages and can run in any order.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +100,17 @@ def model(shared: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared model not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tools() -> Any:
+    """The offline deployment tools (``tools_cache.ToolsCache``; kustomize, schemas, promcheck) that
+    deploy/tools/install.sh installs, for tests/deploy and tests/k8s; skips with the command to run where absent."""
+    if str(REPO / "deploy" / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "deploy" / "tools"))
+    import tools_cache
+
+    cache, reason = tools_cache.locate()
+    if cache is None:
+        pytest.skip(reason)
+    return cache

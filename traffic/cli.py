@@ -25,10 +25,10 @@ SERVICE_COMMANDS = ("ingest.command", "workers.command", "aggregator.command", "
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from traffic.settings import KafkaSettings, TopicSettings, settings_from_args
+    from traffic.settings import connection_from_args
     from traffic.topics import create_topics
 
-    result = create_topics(settings_from_args(args, KafkaSettings), settings_from_args(args, TopicSettings))
+    result = create_topics(*connection_from_args(args))
     for name, state in result.items():
         print(f"{name}: {state}")
     refused = [name for name, state in result.items() if state == "not-authorized"]
@@ -71,7 +71,7 @@ def _site(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; service subcommands are added by their own modules."""
-    from traffic.settings import KafkaSettings, TopicSettings, add_settings_arguments
+    from traffic.settings import add_connection_arguments
 
     parser = argparse.ArgumentParser(
         prog="traffic",
@@ -82,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topics", help="create the pipeline's topics (idempotent)")
     p.add_argument("action", choices=["create"])
-    add_settings_arguments(p, KafkaSettings, "kafka")
-    add_settings_arguments(p, TopicSettings, "topics")
+    add_connection_arguments(p)
     p.set_defaults(handler=_topics)
 
     p = sub.add_parser("schemas", help="write or check the JSON Schemas of the wire contracts")

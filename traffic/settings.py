@@ -9,6 +9,7 @@ them with their environment variable names.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -62,7 +63,7 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
-    """Topic names, partitions and retention (``TRAFFIC_TOPICS_*``); defaults from DESIGN.md."""
+    """Topic names, partitions and retention (``TRAFFIC_TOPICS_*``); the defaults are those of docs/contracts.md ("Topics")."""
 
     model_config = SettingsConfigDict(env_prefix="TRAFFIC_TOPICS_", extra="forbid")
 
@@ -119,3 +120,33 @@ def settings_from_args(args: argparse.Namespace, cls: type[_S]) -> _S:
         key.split(".", 1)[1]: value for key, value in vars(args).items() if key.startswith(f"{cls.__name__}.") and value is not None
     }
     return load_settings(cls, **overrides)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the Kafka connection and of the topic names: the same on every command that talks to the broker."""
+    add_settings_arguments(parser, KafkaSettings, "kafka")
+    add_settings_arguments(parser, TopicSettings, "topics")
+
+
+def connection_from_args(args: argparse.Namespace) -> tuple[KafkaSettings, TopicSettings]:
+    """Kafka and topic settings of a command declared with :func:`add_connection_arguments`."""
+    return settings_from_args(args, KafkaSettings), settings_from_args(args, TopicSettings)
+
+
+def add_service_command(
+    sub: argparse._SubParsersAction, name: str, cls: type[BaseSettings], title: str,
+    handler: Callable[[argparse.Namespace], int], *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A service's subcommand (``traffic ingest``, ``worker``, ``aggregate``): one option per setting of the
+    service (group ``title``), then the connection options (:func:`add_connection_arguments`)."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_settings_arguments(parser, cls, title)
+    add_connection_arguments(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def service_settings(args: argparse.Namespace, cls: type[_S]) -> tuple[_S, KafkaSettings, TopicSettings]:
+    """(service settings, Kafka, topics) of a command declared with :func:`add_service_command`, in the order the
+    services' entry points take them."""
+    return (settings_from_args(args, cls), *connection_from_args(args))

@@ -229,6 +229,10 @@ class TrackerConfig(_Strict):
         return self
 
 
+DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
+"""The classes counted (site ``counting.classes``) and detected (the worker's ``classes``) unless configured otherwise."""
+
+
 class Counting(_Strict):
     """How counts are aggregated.
 
@@ -245,7 +249,7 @@ class Counting(_Strict):
             and ``aggregator/movements.py`` (normalized image units).
     """
 
-    classes: list[str] = Field(default_factory=lambda: ["car", "bus", "truck", "motorcycle", "bicycle", "person"], min_length=1)
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), min_length=1)
     intervals_s: list[int] = Field(default_factory=lambda: [900, 60], min_length=1)
     grace_s: float = Field(default=10.0, ge=0)
     track_timeout_s: float = Field(default=1.0, gt=0)

@@ -251,7 +251,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``traffic status`` handler."""
-    from traffic.settings import settings_from_args
+    from traffic.settings import connection_from_args
 
     api, kube_error = None, ""
     try:
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         kube_error = f"no Kubernetes configuration ({type(err).__name__}: {err})"
     site = args.site or _site_from_env()
     try:
-        status = gather(settings_from_args(args, KafkaSettings), settings_from_args(args, TopicSettings), site,
+        status = gather(*connection_from_args(args), site,
                         args.namespace, api, kube_error, args.worker_deployment, args.scaled_object,
                         args.ingest_deployment, args.group or None)
     finally:
@@ -286,7 +286,7 @@ def _site_from_env() -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from traffic.settings import add_settings_arguments
+    from traffic.settings import add_connection_arguments
 
     p = sub.add_parser("status", help="per camera and intersection: ingest replica, frames lag, workers and "
                                       "their ScaledObject, last count")
@@ -301,6 +301,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="consumer group of traffic.frames to show (repeatable; default: the ScaledObject's, "
                         "else every group that committed on the topic)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_settings_arguments(p, KafkaSettings, "kafka")
-    add_settings_arguments(p, TopicSettings, "topics")
+    add_connection_arguments(p)
     p.set_defaults(handler=run)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from traffic.settings import KafkaSettings, TopicSettings, add_settings_arguments, settings_from_args
+from traffic.settings import add_service_command, service_settings
 from workers.settings import WorkerSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``worker`` subcommand with one option per setting."""
-    parser = sub.add_parser(
-        "worker",
+    add_service_command(
+        sub, "worker", WorkerSettings, "worker", _run,
         help="detection worker: frames topic -> YOLO -> detections topic (consumer group, at-least-once)",
         description=(
             "Polls micro-batches of JPEG frames from the frames topic in consumer group --group-id, runs the model, "
@@ -23,17 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "on --metrics-port. SIGTERM: finish the batch, publish, commit, leave the group."
         ),
     )
-    add_settings_arguments(parser, WorkerSettings, "worker")
-    add_settings_arguments(parser, KafkaSettings, "kafka")
-    add_settings_arguments(parser, TopicSettings, "topics")
-    parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from workers.service import serve
 
-    return serve(
-        settings_from_args(args, WorkerSettings),
-        settings_from_args(args, KafkaSettings),
-        settings_from_args(args, TopicSettings),
-    )
+    return serve(*service_settings(args, WorkerSettings))

@@ -4,7 +4,7 @@ Only this module imports ultralytics for detection; the worker, the offline ``co
 the benchmarks all call :meth:`Detector.detect`, so the same frame gives the same detections
 everywhere. Ultralytics models are not thread-safe: one ``Detector`` per thread, created in it.
 
-Batching: a list of frames is one batch of its length whatever ``batch=`` says (PITFALLS), so
+Batching: Ultralytics makes a list of frames one batch of its length whatever ``batch=`` says, so
 long lists are split into ``batch_size`` chunks, or into the export's own static batch (the shared
 OpenVINO model is batch 1: one call per frame), so batch composition cannot change results.
 
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from traffic.errors import ConfigError
+from traffic.site import DEFAULT_CLASSES
 from traffic.wire import Detection
 from workers.streams import OpenVinoStreams, StageTimes, eligible
 
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 _CONF_SLACK = 1e-4
 """The threshold applies to the score as published (rounded to 4 decimals), so a stricter filter of
 a lower-threshold run gives exactly the same detections (offline/detection_cache.py relies on it)."""
-
-DEFAULT_CLASSES: tuple[str, ...] = ("car", "bus", "truck", "motorcycle", "bicycle", "person")
 
 
 @dataclass(frozen=True)

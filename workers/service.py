@@ -57,6 +57,7 @@ from traffic.errors import BadInput, ContractError
 from traffic.health import Health, HealthServer
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.site import load_site
+from traffic.site_watch import SiteChange, SiteWatcher
 from traffic.wire import FrameHeaders
 from workers.events import detection_event
 from workers import metrics
@@ -134,8 +135,12 @@ class Worker:
         self._pending: list[Any] = []
         self._known_cameras: set[str] | None = None
         self._capture_limits, self._clock_report = settings.capture_limits(), ClockReport()
+        self._site_watch: SiteWatcher | None = None
         if settings.site_config:
-            self._known_cameras = set(load_site(settings.site_config).cameras())
+            site = load_site(settings.site_config)
+            self._known_cameras = set(site.cameras())
+            if settings.site_reload_s > 0:  # cameras added to the site file are accepted without a restart
+                self._site_watch = SiteWatcher(settings.site_config, site, self._new_site, interval_s=settings.site_reload_s, results=metrics.SITE_RELOADS)
         self.detector: Detector | None = None
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
@@ -148,6 +153,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def _new_site(self, change: SiteChange) -> None:
+        """The site watcher's callback: the known cameras of the new file (one assignment: thread-safe)."""
+        self._known_cameras = set(change.site.cameras())
+
     def stop(self, *_: object) -> None:
         """Finish the batches in flight, publish, commit, then leave the group."""
         self._stop.set()
@@ -180,9 +189,13 @@ class Worker:
         self._threads.append(threading.Thread(target=self._publish_loop, name="publish", daemon=True))
         for thread in self._threads:
             thread.start()
+        if self._site_watch is not None:
+            self._site_watch.start()
 
     def close(self) -> None:
         """Stop the stage threads and close clients; the consumer leaves its group so partitions move at once."""
+        if self._site_watch is not None:
+            self._site_watch.stop()
         for thread in self._threads:
             (self._publish_q if thread.name == "publish" else self._infer_q).put(_STOP)
         for thread in self._threads:

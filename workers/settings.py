@@ -6,8 +6,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from traffic.capture_time import DEFAULT_FUTURE_SKEW_S, DEFAULT_MAX_AGE_S, CaptureTimeLimits
+from traffic.site import DEFAULT_CLASSES
 
-DEFAULT_CLASSES = "car,bus,truck,motorcycle,bicycle,person"
 
 
 class WorkerSettings(BaseSettings):
@@ -18,7 +18,7 @@ class WorkerSettings(BaseSettings):
     model: str = Field(default="yolo26n.pt", description="Ultralytics model name (downloaded where online) or path (e.g. an OpenVINO export dir)")
     device: str = Field(default="cpu", description="cpu, cuda, or cuda:N")
     half: bool = Field(default=False, description="FP16 inference; honoured on CUDA only")
-    classes: str = Field(default=DEFAULT_CLASSES, description="comma list of class names to keep (model vocabulary)")
+    classes: str = Field(default=",".join(DEFAULT_CLASSES), description="comma list of class names to keep (model vocabulary)")
     conf: float = Field(default=0.1, ge=0, le=1, description="confidence threshold: low, so the tracker's second (low-score) association has boxes to use (docs/accuracy.md)")
     iou: float = Field(default=0.7, ge=0, le=1, description="NMS IoU threshold")
     imgsz: int = Field(default=640, ge=32, le=4096, description="inference size (pixels)")
@@ -32,6 +32,7 @@ class WorkerSettings(BaseSettings):
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000, description="Kafka max_poll_interval_ms; batches are sized to stay far below it")
     max_frame_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger frames go to the DLQ (reason oversized)")
     site_config: str = Field(default="", description="site YAML; when set, frames of unknown cameras go to the DLQ (empty = accept every camera)")
+    site_reload_s: float = Field(default=2.0, ge=0, description="how often the site file is checked for added or removed cameras, applied without a restart (s; 0 = never)")
     publish_timeout_s: float = Field(default=60.0, gt=0, description="wait this long for the broker to acknowledge a batch's events before retrying it (s)")
     max_frame_pixels: int = Field(default=3840 * 2160, gt=0, description="frames with more pixels go to the DLQ (reason too_large), read from the JPEG header before decoding")
     capture_future_skew_s: float = Field(default=DEFAULT_FUTURE_SKEW_S, ge=0, description="frames whose capture time is further ahead of this service's clock go to the DLQ (s)")

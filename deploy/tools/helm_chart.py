@@ -303,7 +303,7 @@ namespace:
   create: false
 
 # The site configuration (intersections, cameras, lines, zones) as YAML text, mounted at
-# /etc/traffic/site.yaml. Empty = the demo site (files/site.yaml). Set it with
+# /etc/traffic/site/site.yaml. Empty = the demo site (files/site.yaml). Set it with
 #   helm install ... --set-file site=my-site.yaml
 site: ""
 

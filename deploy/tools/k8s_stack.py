@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools_cache import read_env_file  # deploy/tools/ is this script's folder
+from tools_cache import cache_dir, read_env_file  # deploy/tools/ is this script's folder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINS_FILE = REPO_ROOT / "deploy" / "tools" / "k8s-stack.env"
@@ -60,10 +60,7 @@ def pins() -> dict[str, str]:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("TRAFFIC_K8S_DIR"):
-        return Path(os.environ["TRAFFIC_K8S_DIR"])
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "traffic-pipeline" / "k8s"
+    return cache_dir("TRAFFIC_K8S_DIR", "k8s")
 
 
 class BuildError(RuntimeError):

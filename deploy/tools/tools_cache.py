@@ -33,11 +33,16 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def default_tools_dir() -> Path:
-    if os.environ.get("TRAFFIC_TOOLS_DIR"):
-        return Path(os.environ["TRAFFIC_TOOLS_DIR"])
+def cache_dir(env: str, leaf: str) -> Path:
+    """``$<env>`` when set, else ``$XDG_CACHE_HOME`` (default ``~/.cache``) ``/traffic-pipeline/<leaf>``."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "traffic-pipeline" / "tools"
+    return Path(cache) / "traffic-pipeline" / leaf
+
+
+def default_tools_dir() -> Path:
+    return cache_dir("TRAFFIC_TOOLS_DIR", "tools")
 
 
 @dataclass(frozen=True)

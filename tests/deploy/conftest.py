@@ -25,14 +25,6 @@ import tools_cache  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tools() -> tools_cache.ToolsCache:
-    cache, reason = tools_cache.locate()
-    if cache is None:
-        pytest.skip(reason)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def rendered(tools: tools_cache.ToolsCache) -> dict[str, list[dict[str, Any]]]:
     """deploy/k8s target (default, overlays/...) -> its rendered objects, built
     once per session. A target that fails to build maps to its error text."""

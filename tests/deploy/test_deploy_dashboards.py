@@ -76,7 +76,7 @@ def test_every_pipeline_metric_is_on_a_dashboard(parsed, catalog):
 
 def test_counts_dashboard_has_the_engineering_views(parsed):
     """15-minute interval bars by approach and movement, a turning-movement
-    matrix, live flow (DESIGN.md "Counts")."""
+    matrix, live flow (the counts of docs/contracts.md, ``CountRecord``)."""
     queries, _, _ = parsed
     counts = json.loads((REPO_ROOT / "deploy/grafana/dashboards/intersection-counts.json").read_text())
     exprs = [q.expr for q in queries if q.dashboard == "intersection-counts.json"]

@@ -1,7 +1,7 @@
 """deploy/k8s: every target renders with kustomize, every object validates
 against the Kubernetes / KEDA / Prometheus Operator / Strimzi schemas offline,
 passes the workload policy, and its references resolve; the scaling setup
-keeps the contracts of DESIGN.md ("Scaling")."""
+keeps the contract of docs/deploy.md ("Scaling behaviour")."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_scaledobject_scales_workers_on_frames_lag(objects_of, target):
     spec = so["spec"]
     worker = one(objs, "Deployment", spec["scaleTargetRef"]["name"])
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
-    # Every scaling field explicit (STYLE.md), none left to KEDA's defaults.
+    # Every scaling field explicit, none left to KEDA's defaults.
     for field in SCALING_FIELDS:
         assert field in spec, f"ScaledObject lacks {field}"
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
@@ -251,11 +251,15 @@ def test_services_mount_the_site_config(objects_of):
                               ("StatefulSet", "traffic-aggregator", "aggregator")):
         workload = one(objs, kind, name)
         c = container(workload, cname)
-        assert env_value(c, "TRAFFIC_SITE_CONFIG") == "/etc/traffic/site.yaml"
+        assert env_value(c, "TRAFFIC_SITE_CONFIG") == "/etc/traffic/site/site.yaml"
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert "subPath" not in mounts["/etc/traffic/site"]  # a subPath mount never sees a ConfigMap update
         volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"]
-                      if v["name"] == mounts["/etc/traffic/site.yaml"]["name"])
+                      if v["name"] == mounts["/etc/traffic/site"]["name"])
         assert volume["configMap"]["name"] == site[0]["metadata"]["name"]
+    # Updated in place (no hash suffix), so the running services see a change of the file.
+    assert site[0]["metadata"]["name"] == "traffic-site"
+    assert env_value(container(one(objs, "StatefulSet", "traffic-aggregator"), "aggregator"), "TRAFFIC_AGGREGATOR_SITE_CONFIG") == "/etc/traffic/site/site.yaml"
 
 
 def test_strimzi_overlay_switches_everything_to_sasl_ssl(objects_of):

@@ -10,20 +10,19 @@ with the same gate, and the pipeline must have skipped the same frames.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from offline.count import count_video
-from devkit.local_pipeline import LocalPipeline, PipelineConfig
+from devkit.local_pipeline import PipelineConfig
 from ingest.settings import IngestSettings
 from tests.integration.offline.test_count_synthetic import eastbound, make_video, site_file, westbound
 from traffic.site import load_site
 from workers.detector import DetectorSettings
 
-from .test_pipeline import _run
+from .test_pipeline import _run, kill_worker_after
 
 
 @pytest.mark.slow  # a real-time pipeline run with a worker restart; the default suite keeps the gated offline count (tests/integration/offline/test_count_activity.py)
@@ -43,16 +42,9 @@ def test_gated_stream_with_a_killed_worker_gives_the_offline_counts(kafka_bootst
         expected[key] += 1  # type: ignore[index]
     assert sum(expected.values()) == 4 and offline.reused >= 100
 
-    def kill_half_way(pipeline: LocalPipeline) -> None:
-        deadline = time.monotonic() + 120
-        while pipeline.stats()["detected"] < 100 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        pipeline.children["worker-0"].kill9()
-        pipeline.start_worker(0)
-
     cfg = PipelineConfig(bootstrap=kafka_bootstrap, site=site_path, camera="cam-synth", source=str(video), model=str(model),
                          out_dir=tmp_path / "run", workers=1)  # fmt: skip
-    result = _run(cfg, disturb=kill_half_way)
+    result = _run(cfg, disturb=kill_worker_after(100))
     assert +Counter(result["final"]) == +expected
     events = {e.frame_key: e for e in result["events"] if not e.end_of_session}
     assert len(events) == 200, "a frame has no detection event after the crash"

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +31,8 @@ from kafka.partitioner.default import murmur2
 
 from devkit.local_pipeline import LocalPipeline, PipelineConfig
 from traffic.wire import Detection, DetectionEvent, FrameHeaders
+
+from .test_pipeline import offline_count
 
 REPO = Path(__file__).resolve().parents[2]
 CAMERA, INTERSECTION = "cam-demo", "demo-intersection"
@@ -174,23 +174,7 @@ def hostile_records(pipeline: LocalPipeline, frame: bytes) -> list[Hostile]:
 
 
 def _offline_totals(shared: Path, tmp: Path) -> Counter[tuple[str, str, str, str]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "traffic.cli", "count", str(shared / "videos" / "intersection.mp4"),
-         "--site", str(REPO / "deploy" / "sites" / "intersection-demo.yaml"), "--camera", CAMERA,
-         "--model", str(shared / "models" / "yolo11n_int8_openvino_model"), "--out-json", "c.json", "--out-csv", "c.csv", "--quiet"],
-        capture_output=True, text=True, cwd=tmp, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp / "c.json").read_text())
-    totals: Counter[tuple[str, str, str, str]] = Counter()
-    for line, directions in result["lines"].items():
-        for direction, classes in directions.items():
-            for cls, n in classes.items():
-                totals[("line", line, direction, cls)] += n
-    for m in result["movements"]:
-        for cls, n in m["counts"].items():
-            totals[("movement", m["approach"], m["movement"], cls)] += n
-    return +totals
+    return +offline_count(shared, tmp, CAMERA)[1]
 
 
 def _dead_letters(pipeline: LocalPipeline) -> Iterator[tuple[str | None, dict[str, bytes], bytes | None]]:

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -140,17 +141,23 @@ def test_two_workers_give_the_same_counts(reference: dict, kafka_bootstrap: str,
     assert result["final"] == reference["final"]
 
 
-def test_worker_killed_half_way_and_restarted_gives_the_same_counts(
-    reference: dict, kafka_bootstrap: str, shared: Path, tmp_path: Path
-) -> None:
-    def kill_half_way(pipeline: LocalPipeline) -> None:
+def kill_worker_after(detected: int) -> Callable[[LocalPipeline], None]:
+    """``kill -9`` of worker-0 once ``detected`` detection events are out (or after 120 s), then a new worker-0."""
+
+    def disturb(pipeline: LocalPipeline) -> None:
         deadline = time.monotonic() + 120
-        while pipeline.stats()["detected"] < 120 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while pipeline.stats()["detected"] < detected and time.monotonic() < deadline:
+            time.sleep(0.1)
         pipeline.children["worker-0"].kill9()
         pipeline.start_worker(0)
 
-    result = _run(_config(kafka_bootstrap, shared, tmp_path, workers=1), disturb=kill_half_way)
+    return disturb
+
+
+def test_worker_killed_half_way_and_restarted_gives_the_same_counts(
+    reference: dict, kafka_bootstrap: str, shared: Path, tmp_path: Path
+) -> None:
+    result = _run(_config(kafka_bootstrap, shared, tmp_path, workers=1), disturb=kill_worker_after(120))
     assert result["final"] == reference["final"]
     keys = {(e.session, e.seq) for e in result["events"] if not e.end_of_session}
     assert len(keys) == result["frames"], "a frame has no detection event after the crash"
@@ -209,27 +216,33 @@ def test_prometheus_scrapes_the_services_and_dashboard_queries_return_data(
     _no_process_left(pipeline)
 
 
-def test_offline_count_equals_the_streaming_pipeline(reference: dict, shared: Path, tmp_path: Path) -> None:
-    """`traffic count` on the file gives exactly the streaming pipeline's final counts (one code path)."""
+def offline_count(shared: Path, cwd: Path, camera: str = "cam-demo") -> tuple[dict, Counter[tuple[str, str, str, str]]]:
+    """``traffic count`` on the sample video: its JSON result, and its totals per (series, id, direction or movement, class)."""
     import subprocess
     import sys
 
     proc = subprocess.run(
         [sys.executable, "-m", "traffic.cli", "count", str(shared / "videos" / "intersection.mp4"),
-         "--site", str(REPO / "deploy" / "sites" / "intersection-demo.yaml"), "--camera", "cam-demo",
+         "--site", str(REPO / "deploy" / "sites" / "intersection-demo.yaml"), "--camera", camera,
          "--model", str(shared / "models" / "yolo11n_int8_openvino_model"), "--out-json", "c.json", "--out-csv", "c.csv", "--quiet"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True, text=True, cwd=cwd, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((tmp_path / "c.json").read_text())
-    offline: Counter[tuple[str, str, str, str]] = Counter()
+    result = json.loads((cwd / "c.json").read_text())
+    totals: Counter[tuple[str, str, str, str]] = Counter()
     for line, directions in result["lines"].items():
         for direction, classes in directions.items():
             for cls, n in classes.items():
-                offline[("line", line, direction, cls)] += n
+                totals[("line", line, direction, cls)] += n
     for m in result["movements"]:
         for cls, n in m["counts"].items():
-            offline[("movement", m["approach"], m["movement"], cls)] += n
+            totals[("movement", m["approach"], m["movement"], cls)] += n
+    return result, totals
+
+
+def test_offline_count_equals_the_streaming_pipeline(reference: dict, shared: Path, tmp_path: Path) -> None:
+    """`traffic count` on the file gives exactly the streaming pipeline's final counts (one code path)."""
+    result, offline = offline_count(shared, tmp_path)
     assert result["frames"] == reference["frames"]
     assert +offline == +Counter(reference["final"])
     assert sum(offline.values()) > 5

@@ -36,14 +36,6 @@ def k8s_bins() -> k8s_stack.Stack:
 
 
 @pytest.fixture(scope="session")
-def tools() -> tools_cache.ToolsCache:
-    cache, reason = tools_cache.locate()
-    if cache is None:
-        pytest.skip(reason)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def helm_bin() -> Path:
     stack, reason = k8s_stack.locate(need=["helm"])
     if stack is None:

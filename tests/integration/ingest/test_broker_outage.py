@@ -14,14 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from kafka import KafkaConsumer
 
 from ingest.service import IngestService
 from ingest.settings import IngestSettings
 from devkit.broker import LocalBroker, free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.topics import create_topics
-from traffic.wire import FrameHeaders
+
+from .test_file import frame_headers
 
 
 def _readyz(port: int) -> tuple[int, dict]:
@@ -71,14 +71,7 @@ def test_broker_down_at_start_then_back(tmp_path: Path, shared: Path) -> None:
         assert not thread.is_alive(), "the ingester did not finish after the broker came back"
         assert result == [0]
 
-        consumer = KafkaConsumer(
-            topics.frames, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, consumer_timeout_ms=5000, max_partition_fetch_bytes=8 * 1024 * 1024,
-        )  # fmt: skip
-        try:
-            headers = [h for h in (FrameHeaders.from_kafka(r.headers) for r in consumer) if not h.end]
-        finally:
-            consumer.close()
+        headers = frame_headers(kafka, topics.frames)
     finally:
         service.stop()
         broker.stop()

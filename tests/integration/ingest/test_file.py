@@ -30,6 +30,18 @@ def _site_file(tmp_path: Path, video: Path, fps: float, max_width: int = 640) ->
     return path
 
 
+def frame_headers(kafka: KafkaSettings, topic: str) -> list[FrameHeaders]:
+    """The headers of every frame on ``topic`` (end-of-session markers left out), read until 5 s pass without one."""
+    consumer = KafkaConsumer(
+        topic, **kafka.kafka_python(), auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=5000, max_partition_fetch_bytes=8 * 1024 * 1024,
+    )  # fmt: skip
+    try:
+        return [h for h in (FrameHeaders.from_kafka(r.headers) for r in consumer) if not h.end]
+    finally:
+        consumer.close()
+
+
 def _consume(kafka: KafkaSettings, topic: str, expected: int, timeout_ms: int = 10_000) -> list:
     """Records of ``topic`` until ``expected`` arrived, plus whatever else comes within 1 s."""
     consumer = KafkaConsumer(

@@ -31,6 +31,8 @@ from devkit.broker import free_port
 from traffic.settings import KafkaSettings, TopicSettings
 from traffic.wire import FrameHeaders
 
+from .test_file import frame_headers
+
 REPO = Path(__file__).resolve().parents[3]
 CAMERA_PASSWORD = "Cam3raPw-0451"
 BOGUS_PASSWORD = "b0gusSecret-9931"
@@ -255,14 +257,7 @@ def test_stalled_rtsp_stream_is_detected_by_the_read_timeout(
     assert not thread.is_alive()
     # measured: read_timeout_ms + ~3 s (FFmpeg's RTSP demuxer adds its own wait); a hang would never end
     assert noticed_s < 1.5 + 5.0
-    consumer = KafkaConsumer(
-        topic_settings.frames, **kafka_settings.kafka_python(), auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=3000, max_partition_fetch_bytes=8 * 1024 * 1024,
-    )  # fmt: skip
-    try:
-        headers = [h for h in (FrameHeaders.from_kafka(r.headers) for r in consumer) if not h.end]
-    finally:
-        consumer.close()
+    headers = frame_headers(kafka_settings, topic_settings.frames)
     sessions = list(dict.fromkeys(h.session for h in headers))
     assert len(sessions) >= 2
     for session in sessions:

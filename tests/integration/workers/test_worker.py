@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from kafka import KafkaProducer
 
 from traffic.dlq import DeadLetterInfo
 from traffic.settings import KafkaSettings, TopicSettings
-from traffic.wire import FrameHeaders
+from traffic.wire import DetectionEvent, FrameHeaders
 
 from tests.integration.aggregator.harness import committed
 from .frames import publish_frames, read_events, read_raw, start_worker, video_jpegs
@@ -150,21 +151,29 @@ def test_two_workers_split_partitions_and_produce_every_event(kafka_settings: Ka
     assert all(n > 0 for n in per_worker), f"one worker got no partition: {per_worker}"
 
 
-def test_kill_9_mid_stream_then_restart_loses_no_frame(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
-                                                        shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
-    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 120)
-    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
+def _hand_over(kafka_settings: KafkaSettings, topic_settings: TopicSettings, shared: Path, model: Path, tmp_path: Path,
+               frames: int, after: int, stop_first: Callable[[subprocess.Popen], None]) -> tuple[str, list[DetectionEvent]]:  # fmt: skip
+    """``frames`` frames of the sample published; the group's first worker stopped by ``stop_first`` once it published
+    ``after`` events (or after 120 s); a second worker of the group goes on. Returns (the frames' session, every event read)."""
+    session = publish_frames(kafka_settings, topic_settings.frames, video_jpegs(shared / "videos" / "intersection.mp4", frames))
     group = f"g-{uuid.uuid4().hex[:6]}"
     proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
-    deadline = time.monotonic() + 120
-    _wait_events_out(port, 40, deadline, 0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _wait_events_out(port, after, time.monotonic() + 120, 0.1)
+    stop_first(proc)
     proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
     try:
-        events = read_events(kafka_settings, topic_settings.detections, 120, timeout_s=180)
+        return session, read_events(kafka_settings, topic_settings.detections, frames, timeout_s=180)
     finally:
         _stop(proc2)
+
+
+def test_kill_9_mid_stream_then_restart_loses_no_frame(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
+                                                        shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
+    def kill_9(proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    session, events = _hand_over(kafka_settings, topic_settings, shared, model, tmp_path, 120, 40, kill_9)
     assert {e.seq for e in events if e.session == session} == set(range(120)), "a frame lost its event"
 
 
@@ -334,18 +343,10 @@ def test_unchanged_frames_skip_the_model_and_say_which_frame_they_reuse(kafka_se
 def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
                                                                         shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
     """SIGTERM mid-stream: the batches in flight are finished, acknowledged and committed; the next worker goes on after them."""
-    jpegs = video_jpegs(shared / "videos" / "intersection.mp4", 80)
-    session = publish_frames(kafka_settings, topic_settings.frames, jpegs)
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    proc, port = start_worker(kafka_settings, topic_settings, model, tmp_path / "w1.log", group)
-    deadline = time.monotonic() + 120
-    _wait_events_out(port, 16, deadline, 0.1)
-    assert _stop(proc) == 0, (tmp_path / "w1.log").read_text()[-3000:]
-    proc2, _ = start_worker(kafka_settings, topic_settings, model, tmp_path / "w2.log", group)
-    try:
-        events = read_events(kafka_settings, topic_settings.detections, 80, timeout_s=180)
-    finally:
-        _stop(proc2)
+    def sigterm(proc: subprocess.Popen) -> None:
+        assert _stop(proc) == 0, (tmp_path / "w1.log").read_text()[-3000:]
+
+    session, events = _hand_over(kafka_settings, topic_settings, shared, model, tmp_path, 80, 16, sigterm)
     seqs = [e.seq for e in events if e.session == session]
     assert set(seqs) == set(range(80)), "a frame lost its event"
     # A clean drain commits everything the first worker published, so the second one redoes nothing.

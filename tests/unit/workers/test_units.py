@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -60,23 +61,31 @@ def test_class_list_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(WorkerSettings).class_names() == ("car", "bus", "truck")
 
 
-@pytest.mark.gpu
-def test_half_precision_batches_on_cuda(shared: Path) -> None:
-    """The GPU path: device cuda:0, FP16, a batch of 8. Needs a CUDA machine and a .pt model."""
+@pytest.fixture
+def cuda_detector(shared: Path) -> Any:
+    """A detector on cuda:0 with FP16 batches of 8; skips (with the reason) without CUDA or a PyTorch model."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("CUDA is not available on this machine (no GPU): the FP16 batch path cannot run here")
-    import ultralytics
-
+        pytest.skip("CUDA is not available on this machine (no GPU): the CUDA batch path cannot run here")
     from workers.detector import Detector, DetectorSettings
 
     model = next(iter(sorted(shared.glob("models/*.pt"))), None)
     if model is None:
-        pytest.skip("no PyTorch (.pt) model in shared/models: FP16 needs a PyTorch model, the shared one is OpenVINO INT8")
-    detector = Detector(DetectorSettings(model=str(model), device="cuda:0", half=True, batch_size=8))
-    assert detector.half and detector.device == "cuda:0"
-    bus = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
-    found = detector.detect([bus] * 8)
+        pytest.skip("no PyTorch (.pt) model in shared/models: the CUDA path needs a PyTorch model, the shared one is OpenVINO INT8")
+    return Detector(DetectorSettings(model=str(model), device="cuda:0", half=True, batch_size=8))
+
+
+def _bus() -> np.ndarray:
+    import ultralytics
+
+    return cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
+
+
+@pytest.mark.gpu
+def test_half_precision_batches_on_cuda(cuda_detector: Any) -> None:
+    """The GPU path: device cuda:0, FP16, a batch of 8. Needs a CUDA machine and a .pt model."""
+    assert cuda_detector.half and cuda_detector.device == "cuda:0"
+    found = cuda_detector.detect([_bus()] * 8)
     assert len(found) == 8 and all(any(d.label == "bus" for d in frame) for frame in found)
 
 
@@ -109,20 +118,8 @@ def test_worker_settings_for_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.gpu
-def test_cuda_runs_ultralytics_batches_with_stage_times(shared: Path) -> None:
+def test_cuda_runs_ultralytics_batches_with_stage_times(cuda_detector: Any) -> None:
     """On CUDA the worker's engine is Ultralytics' (FP16, one call per batch), with per-stage times for its metrics."""
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("CUDA is not available on this machine (no GPU): the CUDA batch path cannot run here")
-    import ultralytics
-
-    from workers.detector import Detector, DetectorSettings
-
-    model = next(iter(sorted(shared.glob("models/*.pt"))), None)
-    if model is None:
-        pytest.skip("no PyTorch (.pt) model in shared/models: the CUDA path needs a PyTorch model, the shared one is OpenVINO INT8")
-    detector = Detector(DetectorSettings(model=str(model), device="cuda:0", half=True, batch_size=8))
-    assert (detector.engine, detector.parallelism) == ("ultralytics", 1)
-    bus = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))
-    found, times = detector.detect_timed([bus] * 8)
+    assert (cuda_detector.engine, cuda_detector.parallelism) == ("ultralytics", 1)
+    found, times = cuda_detector.detect_timed([_bus()] * 8)
     assert len(found) == 8 and times.inference > 0 and times.preprocess > 0
