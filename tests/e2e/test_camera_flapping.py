@@ -30,6 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "sites" / "intersection-demo.yaml"
 
 
+def _wait_frames(pipeline: LocalPipeline, frames: int, timeout_s: float = 180) -> None:
+    """Until ``frames`` more frames are on the frames topic (a loaded machine connects slowly; fixed sleeps lost sessions)."""
+    assert pipeline.counts is not None
+    start = pipeline.counts.end_offset(pipeline.topics.frames)
+    deadline = time.monotonic() + timeout_s
+    while pipeline.counts.end_offset(pipeline.topics.frames) < start + frames:
+        pipeline.check_children()
+        assert time.monotonic() < deadline, f"fewer than {frames} frames in {timeout_s} s: {pipeline.stats()}"
+        time.sleep(0.5)
+
+
 @pytest.mark.timeout(1800)
 def test_flapping_rtsp_camera(kafka_bootstrap: str, shared: Path, tmp_path: Path) -> None:
     ok, why = simulated_camera.available()
@@ -49,7 +60,7 @@ def test_flapping_rtsp_camera(kafka_bootstrap: str, shared: Path, tmp_path: Path
         pids["ingest"] = pipeline.children["ingest"].proc.pid
         assert pipeline.counts is not None
         for _ in range(3):
-            time.sleep(12)
+            _wait_frames(pipeline, 60)  # the ingester (re)connected and streams: a session with frames
             camera.kill()  # the camera drops out
             time.sleep(4)
             camera.start()  # and comes back on the same URL
