@@ -266,7 +266,7 @@ class CountingPool:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(child.inp.fileno())
             with contextlib.suppress(OSError):
-                child.out.close()
+                child.out.close()  # end of its input: it exits
         for child in self._children:
             try:
                 child.proc.wait(timeout=10)
