@@ -130,6 +130,5 @@ def run(settings: AggregatorSettings, kafka: KafkaSettings, topics: TopicSetting
     finally:
         if watcher is not None:
             watcher.stop()
-        ctx.cameras.pool.close()  # the counting processes exit with the worker (after its last checkpoint)
         server.stop()
     return 0

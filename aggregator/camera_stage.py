@@ -92,7 +92,7 @@ class CameraStage:
                     await self.pool.submit(record)
 
         app.sensors.add(_CheckpointOnCommit(self))
-        self.pool.start(self._commit_soon)  # now: the counting processes import while faust starts and joins the group
+        self.pool.start(self._commit_soon)  # now, before faust starts: returns once the counting processes are ready
 
         @app.on_partitions_revoked.connect
         async def forget(*args: Any, **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ Ordering and delivery (the same as in the loop):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import fcntl
@@ -91,7 +92,6 @@ class _Child:
         self.inp = Connection(from_child_r, writable=False)
         self.pending: collections.deque[tuple[str, asyncio.Future[Any] | None]] = collections.deque()
         self.slots = asyncio.Semaphore(in_flight)
-        self.ready: asyncio.Future[Any] | None = None
         self.out.send_bytes(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -107,6 +107,7 @@ class CountingPool:
         self._inline: CameraShard | None = None
         self._commit_soon: Callable[[], None] = lambda: None
         self._attached = False
+        self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self, commit_soon: Callable[[], None]) -> None:
@@ -116,9 +117,17 @@ class CountingPool:
             self._inline = self.config.build()
             return
         for index in range(self.processes):
-            child = _Child(index, self.config, self.in_flight)
-            child.pending.append(("ready", None))
-            self._children.append(child)
+            self._children.append(_Child(index, self.config, self.in_flight))
+        atexit.register(self.close)  # after faust's last commit (and its checkpoints): the processes go with us
+        # Wait until they have imported the counting core, before faust starts: a worker that joins
+        # its group and recovers while its stage cannot take records yet stalled after some abrupt
+        # restarts (docs/aggregator.md, "Fast recovery"), as starting faust before the tracker
+        # import did when the counting ran in the loop.
+        for child in self._children:
+            try:
+                pickle.loads(child.inp.recv_bytes())  # noqa: S301 - ("ready",)
+            except (EOFError, OSError) as exc:
+                self._died(child, exc)
         log.info("counting processes started", extra={"processes": self.processes, "pids": [c.proc.pid for c in self._children], "in_flight": self.in_flight})
 
     def _attach(self) -> None:
@@ -128,16 +137,11 @@ class CountingPool:
         self._attached = True
         loop = asyncio.get_running_loop()
         for child in self._children:
-            child.ready = loop.create_future()
-            child.pending[0] = ("ready", child.ready)
             loop.add_reader(child.inp.fileno(), self._readable, child)
 
     async def ready(self) -> None:
-        """Until every counting process has imported the counting core and built its shard."""
+        """Attach the replies to the event loop (the processes were ready before faust started)."""
         self._attach()
-        for child in self._children:
-            assert child.ready is not None
-            await child.ready
 
     # -- requests ------------------------------------------------------------------------------
     async def submit(self, record: Record) -> None:
@@ -190,8 +194,6 @@ class CountingPool:
         futures = []
         self._attach()
         for child in self._children:
-            if child.ready is None or not child.ready.done():
-                continue  # still importing: it has no camera yet (and the timer must not wait for it)
             fut: asyncio.Future[Any] = loop.create_future()
             self._send(child, ("idle", now), "value", fut)
             futures.append(fut)
@@ -202,13 +204,14 @@ class CountingPool:
 
     def checkpoint(self) -> None:
         """Every shard's checkpoints applied, after every reply before them (blocking; see the module docstring)."""
+        if self._closed:  # never let faust commit offsets no checkpoint covers
+            self._died(self._children[0], RuntimeError("checkpoint after the counting processes were closed"))
         if self._inline is not None:
             self.apply(self._inline.checkpoint())
             return
-        started = [c for c in self._children if c.ready is not None and c.ready.done()]  # one still importing has counted nothing
-        for child in started:
+        for child in self._children:
             self._send(child, ("ckpt",), "effects", None)
-        for child in started:
+        for child in self._children:
             while child.pending:
                 self._receive(child, block=True)
 
@@ -261,7 +264,10 @@ class CountingPool:
             os._exit(EXIT_CHILD_DIED)
 
     def close(self) -> None:
-        """Stop the counting processes (end of their input: they exit)."""
+        """Stop the counting processes (end of their input: they exit) and wait for them; at exit, or by a test."""
+        if self._closed or not self._children:
+            return
+        self._closed = True
         for child in self._children:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(child.inp.fileno())
@@ -272,4 +278,3 @@ class CountingPool:
                 child.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.proc.kill()
-        self._children.clear()
