@@ -23,4 +23,6 @@ DLQ = Counter("traffic_worker_dlq", "Frames refused to the DLQ", ["reason"])
 FRAME_AGE = Histogram("traffic_worker_frame_age_seconds", "Age of frames at inference (now - capture time)", buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
 MODEL_LOADED = Gauge("traffic_worker_model_loaded", "1 once the model is loaded")
 SITE_RELOADS = Counter("traffic_worker_site_reloads", "Changes of the site file seen, by result: applied, refused (invalid: the running one kept), failed", ["result"])
+for _result in ("applied", "refused", "failed"):
+    SITE_RELOADS.labels(_result)  # at 0 from the start: the dashboard's increase() has data before the first change
 CONSUMER_LAG = Gauge("traffic_worker_consumer_lag", "Frames not yet consumed, per assigned partition", ["partition"])
