@@ -111,7 +111,7 @@ class CountingPool:
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self, commit_soon: Callable[[], None]) -> None:
-        """Start the counting processes now (they import the counting core while Kafka is set up)."""
+        """Start the counting processes and wait until each has imported the counting core (before faust starts)."""
         self._commit_soon = commit_soon
         if self.processes == 0:
             self._inline = self.config.build()
