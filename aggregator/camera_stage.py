@@ -36,7 +36,7 @@ from typing import Any
 
 import faust
 
-from aggregator import checkpoint
+from aggregator import checkpoint, continuity
 from aggregator.camera_shard import Effect, Record, with_cameras
 from aggregator.counting_pool import CountingPool, ShardConfig
 from aggregator.metrics import AggregatorMetrics
@@ -65,6 +65,9 @@ class CameraStage:
         self._geometry = {camera: checkpoint.camera_geometry(cfg) for camera, (_, cfg) in topo.cameras.items()}
         self._offered: Site | None = None  # a new site file from the watcher's thread, applied by the timer
         self._offer_lock = threading.Lock()
+        self.continuity = continuity.for_app(
+            "camera-stage", topo.app, [topo.detections.get_topic_name(), self._control_topic], metrics.consumer_holes.labels("camera-stage").inc
+        )
         metrics.add_cameras(topo.cameras)
 
     # -- faust wiring ------------------------------------------------------------------------
@@ -81,6 +84,8 @@ class CameraStage:
             control = self._control_topic
             async for event in stream.events():
                 message = event.message
+                if not await self.continuity.admit(message.tp, message.offset):
+                    continue  # faust skipped records before this one: they come again first
                 if not self._loaded:  # the first record since an assignment: faust has recovered the tables
                     self.load_assigned()
                     self._loaded = True
@@ -104,6 +109,7 @@ class CameraStage:
             self._forget()
 
     def _forget(self) -> None:
+        self.continuity.reset()
         self.pool.reset()
         self._restored.clear()
         self._loaded = False

@@ -55,6 +55,8 @@ class Housekeeping:
             self._recovering = False
             self.intersections.store.reindex()
         self.health.set("kafka", True)
+        await self.cameras.continuity.retry()  # holes faust left whose seek brought nothing yet
+        await self.intersections.continuity.retry()
         now = time.monotonic()
         self.cameras.load_assigned()
         self.cameras.reload_site()

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from aggregator import continuity
 from aggregator.event_time import intersection_watermark
 from aggregator.metrics import AggregatorMetrics
 from aggregator.records import CloseMessage, CrossingMessage, StreamMessage, WatermarkMessage, decode_intersection
@@ -50,18 +51,24 @@ class IntersectionStage:
         self.camera_last_wall: dict[str, float] = {}
         self.close_requested: dict[str, float] = {}
         self.last_purge: dict[str, float] = {}
+        self.continuity = continuity.for_app(
+            "intersection-stage", topo.app, [topo.by_intersection.get_topic_name()], metrics.consumer_holes.labels("intersection-stage").inc
+        )
 
     def register(self) -> None:
         """Attach the agent and the rebalance hook to the app."""
 
         @self.topo.app.on_partitions_assigned.connect
         async def reindex(*args: Any, **kwargs: Any) -> None:
+            self.continuity.reset()
             self.store.reindex()  # other partitions: other intersections in the tables
 
         @self.topo.app.agent(self.topo.by_intersection, name=f"{self.settings.app_id}.intersection-stage")
         async def intersection_stage(stream: Any) -> None:
             async for event in stream.events():
                 message = event.message
+                if not await self.continuity.admit(message.tp, message.offset):
+                    continue  # faust skipped records before this one: they come again first
                 try:
                     await self.on_message(message)
                 except ContractError as exc:

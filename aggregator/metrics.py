@@ -38,6 +38,13 @@ class AggregatorMetrics:
             "Wall time minus the slowest intersection's event-time watermark (s): how far behind real time counting is.", registry=r,
         )  # fmt: skip
         self.dlq = Counter("traffic_aggregator_dlq_total", "Input refused to the DLQ, by reason.", ["reason"], registry=r)
+        self.consumer_holes = Counter(
+            "traffic_aggregator_consumer_holes_total",
+            "Times the consumer skipped records of a source partition (faust), which the agent then read again, by agent.",
+            ["agent"], registry=r,
+        )  # fmt: skip
+        for agent in ("camera-stage", "intersection-stage"):
+            self.consumer_holes.labels(agent)
         self.capture_time_refused = Counter(
             "traffic_aggregator_capture_time_refused_total",
             "Detection events of a known camera refused for a capture time outside the clock window: the camera's clock is wrong.",

@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 
 import faust
 
+from aggregator import faust_fixes
 from aggregator.settings import AggregatorSettings
 from aggregator.windows import Cell, CountKey, Seen
 from traffic import clients
@@ -304,6 +305,7 @@ def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: T
         table_standby_replicas=0,
         autodiscover=False,
     )
+    faust_fixes.install(app)  # two of faust-streaming 0.15.x's races that lose records
 
     def raw_topic(name: str, **kw: Any) -> Any:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw)

@@ -136,6 +136,7 @@ def test_counts_appear_and_prometheus_counters_agree(reference: dict) -> None:
     assert +from_metrics == +from_records
 
 
+@pytest.mark.slow  # a second full pipeline run (~95 s): .ci/run runs it after the default suite
 def test_two_workers_give_the_same_counts(reference: dict, kafka_bootstrap: str, shared: Path, tmp_path: Path) -> None:
     result = _run(_config(kafka_bootstrap, shared, tmp_path, workers=2))
     assert result["final"] == reference["final"]
@@ -154,6 +155,7 @@ def kill_worker_after(detected: int) -> Callable[[LocalPipeline], None]:
     return disturb
 
 
+@pytest.mark.slow  # a third full run with a worker restart (~80 s): .ci/run runs it after the default suite
 def test_worker_killed_half_way_and_restarted_gives_the_same_counts(
     reference: dict, kafka_bootstrap: str, shared: Path, tmp_path: Path
 ) -> None:

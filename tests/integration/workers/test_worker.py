@@ -353,6 +353,7 @@ def test_sigterm_with_batches_in_flight_commits_them_and_loses_nothing(kafka_set
     assert len(seqs) == 80, f"{len(seqs) - 80} frames were published twice after a clean SIGTERM"
 
 
+@pytest.mark.slow  # two workers and a backlog (~55 s): .ci/run runs it after the default suite
 def test_rebalance_with_batches_in_flight_loses_nothing_and_commits_everything(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
                                                                                 shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
     """A second worker joins while the first is busy with a backlog: partitions are revoked with batches in flight."""
