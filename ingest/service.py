@@ -128,6 +128,9 @@ class CameraRunner(threading.Thread):
         self.state = CameraState.CONNECTING
         self.sessions = 0
         self.opening = False
+        # A live camera's stream goes on across reconnects: the session that a lost connection
+        # interrupted, and its last frame (for the end marker it gets when the runner stops).
+        self._carried: OutgoingFrame | None = None
         self._log = {"camera": plan.camera, "source": describe_source(plan.url)}
 
     @property
@@ -177,6 +180,9 @@ class CameraRunner(threading.Thread):
                 log.log(level, "camera unavailable; backing off", extra=extra)
                 self._stop_event.wait(delay)
         finally:
+            carried, self._carried = self._carried, None
+            if carried is not None and self.end_marker:  # stopped while reconnecting: the stream ends here
+                self._publisher.submit(self._end_marker(carried), queue=self.queue)
             self._set_state(CameraState.FINISHED)
 
     def _session(self) -> str:
@@ -201,8 +207,18 @@ class CameraRunner(threading.Thread):
         else:
             frames = sample_file(file_path(plan.url), plan.fps, start_ms, on_read=read, source=source)
             pace = (start_ms, start_mono) if settings.realtime else None
-        session = new_session_id()
-        self.sessions += 1
+        # A reconnect of a live camera continues its session (seq goes on where it stopped): the
+        # aggregator sees a gap in time, not the end of a stream, so it does not make the
+        # intersection's intervals final and count the rest of them as late.
+        carried, self._carried = self._carried, None
+        if carried is not None and source.live:
+            session = carried.session
+            log.info("camera reconnected: the session goes on", extra={**self._log, "session": session})
+        else:
+            if carried is not None and self.end_marker:  # a file after a live source: the old stream ends
+                self._publisher.submit(self._end_marker(carried), queue=self.queue)
+            session = new_session_id()
+            self.sessions += 1
         reader_stop = threading.Event()
         slot = LatestFrame()
         reader = FrameReader(
@@ -238,12 +254,16 @@ class CameraRunner(threading.Thread):
             # a reconnect must wait for the old capture to be released; a stop only needs the reader
             # to go (it releases the capture itself at its next frame, or at the read timeout)
             reader.join(timeout=0.5 if self._stop_event.is_set() else settings.read_timeout_ms / 1000 + 1)
-            if last is not None and self.end_marker:  # whatever ended the session, say so in the stream (never blocks)
-                end = OutgoingFrame(camera, plan.intersection, session, last.capture_ms, last.width, last.height, b"", end=True)
-                self._publisher.submit(end, queue=self.queue)
+            if source.live and outcome not in ("stopped", "done", "eof"):
+                self._carried = last or carried  # a lost connection: the next one continues this session
+            elif last is not None and self.end_marker:  # the stream ended: say so in the stream (never blocks)
+                self._publisher.submit(self._end_marker(last), queue=self.queue)
         if outcome.startswith("stream lost"):
             log.warning("camera stream lost", extra={**self._log, "session": session, "error": str(reader.error)})
         return outcome
+
+    def _end_marker(self, last: OutgoingFrame) -> OutgoingFrame:
+        return OutgoingFrame(last.camera, last.intersection, last.session, last.capture_ms, last.width, last.height, b"", end=True)
 
     def _publish(self, session: str, capture_ms: int, image: object) -> OutgoingFrame | None:
         """Encode and queue one frame; the frame, or None when it could not be encoded."""
