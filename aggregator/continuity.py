@@ -13,7 +13,9 @@ the commit, and :class:`Continuity` fills it.
 How: per partition, the next offset the agent expects (from the committed offset after an
 assignment). A record past it is not processed: the consumer seeks back to the expected offset
 and the agent passes over records until that one comes (redelivered records below it are
-already processed and passed over too). A seek that brings nothing is repeated every
+already processed and passed over too). A record passed over is never acknowledged (the agent
+marks it acked before faust would), or faust would commit past it once the hole before it is
+filled - and a crash then would lose it. A seek that brings nothing is repeated every
 ``retry_s`` (faust's fetch loop can undo a seek in flight). If the first record after each of
 ``accept_after`` seeks is the same later offset, the records in between are gone from the broker
 (retention deleted them while the aggregator was down): that is logged as an error and accepted.
@@ -152,6 +154,8 @@ class Continuity:
             await self._seek(tp, hole)
 
     async def _seek(self, tp: Any, hole: _Hole) -> None:
+        if hole.seeks:
+            log.info("seeking again over a hole", extra={"agent": self.agent, "topic": tp.topic, "partition": tp.partition, "expected_offset": hole.expected, "seeks": hole.seeks})
         hole.seeks += 1
         hole.fresh = True
         hole.last_seek = time.monotonic()

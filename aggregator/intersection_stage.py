@@ -68,6 +68,7 @@ class IntersectionStage:
             async for event in stream.events():
                 message = event.message
                 if not await self.continuity.admit(message.tp, message.offset):
+                    message.acked = True  # passed over, never acknowledged: faust cannot commit past it
                     continue  # faust skipped records before this one: they come again first
                 try:
                     await self.on_message(message)
