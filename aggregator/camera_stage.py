@@ -84,8 +84,7 @@ class CameraStage:
             control = self._control_topic
             async for event in stream.events():
                 message = event.message
-                if not await self.continuity.admit(message.tp, message.offset):
-                    message.acked = True  # passed over, never acknowledged: faust cannot commit past it
+                if not await self.continuity.admit_message(message):
                     continue  # faust skipped records before this one: they come again first
                 if not self._loaded:  # the first record since an assignment: faust has recovered the tables
                     self.load_assigned()

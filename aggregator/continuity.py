@@ -91,13 +91,29 @@ class Continuity:
         self.progress.clear()
         self.since = time.monotonic()
 
+    async def admit_message(self, message: Any) -> bool:
+        """:meth:`admit` for a faust message; one passed over is marked acked, so faust never acknowledges it.
+
+        Acknowledged, it would let faust commit past it once the hole before it is filled, and a
+        crash then would lose it.
+        """
+        if await self.admit(message.tp, message.offset):
+            return True
+        message.acked = True
+        return False
+
+    def _committed(self, tp: Any) -> int | None:
+        """The committed offset of ``tp`` after the last assignment, None when the group has none."""
+        committed = self.committed(tp)
+        return None if committed is None or committed < 0 else committed
+
     async def admit(self, tp: Any, offset: int) -> bool:
         """True if the record at ``offset`` is the next one of ``tp`` and is to be processed."""
         self.progress[tp] = time.monotonic()
         expected = self.expected.get(tp)
         if expected is None:
-            committed = self.committed(tp)
-            expected = offset if committed is None or committed < 0 else committed
+            committed = self._committed(tp)
+            expected = offset if committed is None else committed
         if offset == expected:
             self.expected[tp] = offset + 1
             self.holes.pop(tp, None)
@@ -142,8 +158,7 @@ class Continuity:
                 continue
             expected = self.expected.get(tp)
             if expected is None:
-                committed = self.committed(tp)
-                expected = None if committed is None or committed < 0 else committed
+                expected = self._committed(tp)
             highwater = self.highwater(tp)
             if expected is None or highwater is None or highwater <= expected:
                 continue

@@ -133,7 +133,7 @@ def seek_before_resume(
 
 
 def install(app: faust.App) -> None:
-    """Apply both fixes to ``app`` (before it starts; see the module docstring)."""
+    """Apply the three fixes to ``app`` (before it starts; see the module docstring)."""
     if app.conf.producer_threaded:
         raise ValueError("the draining producer buffer does not cover faust's threaded producer")
     producer: Any = app.producer

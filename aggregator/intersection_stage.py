@@ -67,8 +67,7 @@ class IntersectionStage:
         async def intersection_stage(stream: Any) -> None:
             async for event in stream.events():
                 message = event.message
-                if not await self.continuity.admit(message.tp, message.offset):
-                    message.acked = True  # passed over, never acknowledged: faust cannot commit past it
+                if not await self.continuity.admit_message(message):
                     continue  # faust skipped records before this one: they come again first
                 try:
                     await self.on_message(message)

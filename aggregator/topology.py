@@ -305,7 +305,7 @@ def build_topology(settings: AggregatorSettings, kafka: KafkaSettings, topics: T
         table_standby_replicas=0,
         autodiscover=False,
     )
-    faust_fixes.install(app)  # two of faust-streaming 0.15.x's races that lose records
+    faust_fixes.install(app)  # three of faust-streaming 0.15.x's races that lose records
 
     def raw_topic(name: str, **kw: Any) -> Any:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw)

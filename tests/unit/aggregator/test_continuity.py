@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from faust.types.tuples import TP
@@ -115,3 +116,15 @@ def test_a_quiet_partition_is_not_a_stall() -> None:
     c = Continuity("test", p.seek, lambda tp: p.committed, p.accept_gap, assigned=lambda: [TOPIC], highwater=lambda tp: 220, stall_s=0.0)
     asyncio.run(c.retry())
     assert p.seeks == []
+
+
+def test_a_message_passed_over_is_marked_acked_so_faust_never_acknowledges_it() -> None:
+    p = Partition(committed=10)
+    c = p.continuity()
+    after_hole, next_one = (SimpleNamespace(tp=TOPIC, offset=o, acked=False) for o in (12, 10))
+
+    async def run() -> tuple[bool, bool]:
+        return await c.admit_message(after_hole), await c.admit_message(next_one)
+
+    assert asyncio.run(run()) == (False, True)
+    assert after_hole.acked is True and next_one.acked is False

@@ -42,12 +42,18 @@ def _app() -> faust.App:
     return faust.App("flush-test", broker="kafka://127.0.0.1:1", autodiscover=False)
 
 
-async def _flush_after(buffer: ProducerBuffer, channel: SlowChannel, n: int) -> list[int]:
+async def _started(buffer: ProducerBuffer, channel: SlowChannel, n: int) -> ProducerBuffer:
+    """``buffer`` of a test app, started, with ``n`` sends to ``channel`` put into it."""
     buffer.app = _app()
     await buffer.start()
+    for i in range(n):
+        buffer.put(_message(channel, i))
+    return buffer
+
+
+async def _flush_after(buffer: ProducerBuffer, channel: SlowChannel, n: int) -> list[int]:
+    await _started(buffer, channel, n)
     try:
-        for i in range(n):
-            buffer.put(_message(channel, i))
         await buffer.flush()
         return list(channel.sent)
     finally:
@@ -57,11 +63,7 @@ async def _flush_after(buffer: ProducerBuffer, channel: SlowChannel, n: int) -> 
 def test_fausts_own_flush_returns_with_sends_still_buffered() -> None:
     async def run() -> list[int]:
         channel = SlowChannel(0.3)
-        buffer = ProducerBuffer()
-        buffer.app = _app()
-        await buffer.start()
-        for i in range(3):
-            buffer.put(_message(channel, i))
+        buffer = await _started(ProducerBuffer(), channel, 3)
         await buffer.flush()
         sent = list(channel.sent)
         with pytest.raises(RuntimeError, match="Producer not Running"):
@@ -79,12 +81,8 @@ def test_the_draining_flush_returns_after_every_send_buffered_before_it() -> Non
 def test_sends_buffered_during_the_flush_are_not_waited_for() -> None:
     async def run() -> tuple[list[int], int]:
         channel = SlowChannel(0.2)
-        buffer = DrainingProducerBuffer()
-        buffer.app = _app()
-        await buffer.start()
+        buffer = await _started(DrainingProducerBuffer(), channel, 2)
         try:
-            for i in range(2):
-                buffer.put(_message(channel, i))
 
             async def keep_sending() -> None:  # an agent going on during the commit
                 for i in range(2, 50):
@@ -107,12 +105,9 @@ def test_sends_buffered_during_the_flush_are_not_waited_for() -> None:
 def test_a_flush_that_cannot_drain_fails_instead_of_letting_the_commit_go_on() -> None:
     async def run() -> None:
         channel = SlowChannel(1.5)  # a broker that does not answer in time
-        buffer = DrainingProducerBuffer()
+        buffer = await _started(DrainingProducerBuffer(), channel, 1)
         buffer.timeout_s = 0.3
-        buffer.app = _app()
-        await buffer.start()
         try:
-            buffer.put(_message(channel, 0))
             await buffer.flush()
         finally:
             buffer.timeout_s = 30
@@ -125,11 +120,7 @@ def test_a_flush_that_cannot_drain_fails_instead_of_letting_the_commit_go_on() -
 def test_sends_left_when_the_buffer_stops_are_sent_on_the_way_out() -> None:
     async def run() -> list[int]:
         channel = SlowChannel(0.05)
-        buffer = DrainingProducerBuffer()
-        buffer.app = _app()
-        await buffer.start()
-        for i in range(5):
-            buffer.put(_message(channel, i))
+        buffer = await _started(DrainingProducerBuffer(), channel, 5)
         await buffer.stop()  # faust's on_stop flushes
         return channel.sent
 
