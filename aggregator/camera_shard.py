@@ -324,9 +324,12 @@ class CameraShard:
             if cam.watermark_sent != wm:
                 cam.watermark_sent = wm
                 out.append(("send", "by_intersection", key, encode(WatermarkMessage(intersection=intersection, camera=camera, time_ms=wm)), None, None))
-        if cam.stream_sent != counter.stream_ended:  # after a restart: said once again
-            cam.stream_sent = counter.stream_ended
-            out.append(("send", "by_intersection", key, encode(StreamMessage(intersection=intersection, camera=camera, ended=counter.stream_ended)), None, None))
+        # A handover is no end for the intersection: the camera goes on in a new session, so its
+        # intervals close by time and that session's crossings in them still count.
+        ended = counter.stream_ended and not counter.handed_over
+        if cam.stream_sent != ended:  # after a restart: said once again
+            cam.stream_sent = ended
+            out.append(("send", "by_intersection", key, encode(StreamMessage(intersection=intersection, camera=camera, ended=ended)), None, None))
 
 
 def _crossings(crossings: list[CrossingEvent], out: list[Effect]) -> None:

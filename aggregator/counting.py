@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 2
 # What changes while counting; everything else comes from the site configuration at restore time.
-_DYNAMIC = ("_order", "_tracker", "_tracks", "_recent", "_retired", "_inferred", "events", "last_capture_ms", "stream_ended")
+_DYNAMIC = ("_order", "_tracker", "_tracks", "_recent", "_retired", "_inferred", "events", "last_capture_ms", "stream_ended", "handed_over")
 
 def _kind(label: str) -> str:
     """Two-wheelers (and their riders) or other vehicles: a track is only stitched to one of its kind."""
@@ -66,6 +66,8 @@ class CameraCounter:
         events: how many events were processed (in order, once each).
         last_capture_ms: the latest capture time processed.
         stream_ended: the current session's end marker was processed: nothing more will come.
+        handed_over: that marker was a handover (``DetectionEvent.handover``): the camera goes on
+            in a new session, so its stream has not ended for its intersection's intervals.
     """
 
     def __init__(self, site: Site, camera_id: str, reorder_limit: int = DEFAULT_REORDER_LIMIT) -> None:
@@ -95,6 +97,7 @@ class CameraCounter:
         self.events = 0
         self.last_capture_ms: int | None = None
         self.stream_ended = False
+        self.handed_over = False
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -201,7 +204,7 @@ class CameraCounter:
 
     # -- internals -------------------------------------------------------------------------------
     def _start_session(self) -> None:
-        self.stream_ended = False
+        self.stream_ended = self.handed_over = False
         self._tracks = {}
         self._retired = {}
         self._inferred = (-1, ())
@@ -255,7 +258,7 @@ class CameraCounter:
         self._retired = {t: until for t, until in self._retired.items() if until >= now}
         if event.end_of_session:  # the ingester's end marker (in seq order): the stream is over, its tracks end here
             out += self._end_all_tracks(now, session)
-            self.stream_ended = True
+            self.stream_ended, self.handed_over = True, event.handover
         if observer is not None:
             observer(event, tracked, out)
         return out

@@ -254,6 +254,8 @@ class LocalPipeline:
             **self.env, **self.role_env("ingest"), "TRAFFIC_INGEST_CAMERAS": ",".join(sources),
             "TRAFFIC_INGEST_SOURCES": ",".join(f"{camera}={url}" for camera, url in sources.items()),
             "TRAFFIC_INGEST_REALTIME": "true" if self.cfg.realtime else "false", "TRAFFIC_INGEST_LOOP": "false",
+            # the demo's stop is the end of its recording, not a rolling update: intervals final at once
+            "TRAFFIC_INGEST_HANDOVER_ON_STOP": "false",
             **(self.cfg.ingest_env or {}),
         }  # fmt: skip
         self.started = time.monotonic()

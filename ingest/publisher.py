@@ -122,6 +122,7 @@ class OutgoingFrame:
     height: int
     jpeg: bytes
     end: bool = False  # the session's end-of-session marker (empty value), see traffic.wire.FrameHeaders
+    handover: bool = False  # on a marker: a live camera let go of, that goes on in a new session (FrameHeaders.handover)
     thumb: Any = None  # activity thumbnail (ingest.activity), None when gating is off
 
 
@@ -398,7 +399,7 @@ class FramePublisher:
         unchanged = None if frame.end else queue.gate.unchanged_since(frame.thumb, frame.capture_ms)
         headers = FrameHeaders(
             frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height, end=frame.end,
-            unchanged_since=unchanged,
+            unchanged_since=unchanged, handover=frame.end and frame.handover,
         )  # fmt: skip
         value = b"" if unchanged is not None else frame.jpeg
         assert self._producer is not None

@@ -121,6 +121,7 @@ class CameraRunner(threading.Thread):
         self._metrics = metrics
         self._stop_event = stop if stop is not None else threading.Event()
         self.end_marker = True  # end the last session with a marker (not when fenced: the camera may be elsewhere already)
+        self.handover = True  # a live camera stopped goes on elsewhere: its marker says handover (FrameHeaders.handover)
         self.queue: CameraQueue = publisher.add_camera(plan.camera, lossless=self.lossless)
         rule = settings.activity_rule()
         self._encoder = JpegEncoder(plan.max_width, plan.jpeg_quality, rule.thumb_width if rule.enabled else 0)
@@ -138,9 +139,10 @@ class CameraRunner(threading.Thread):
         """Files played as fast as possible lose no frame (blocking hand-over instead of dropping)."""
         return not self.plan.live and not self._settings.realtime
 
-    def stop(self, end_marker: bool = True) -> None:
-        """Stop reading soon (within one frame); ``end_marker``: end the session with its marker."""
+    def stop(self, end_marker: bool = True, handover: bool = True) -> None:
+        """Stop reading soon (within one frame); ``end_marker``: end the session with its marker; ``handover``: a live camera goes on."""
         self.end_marker = self.end_marker and end_marker
+        self.handover = self.handover and handover
         self._stop_event.set()
 
     def quiet(self) -> bool:
@@ -181,8 +183,8 @@ class CameraRunner(threading.Thread):
                 self._stop_event.wait(delay)
         finally:
             carried, self._carried = self._carried, None
-            if carried is not None and self.end_marker:  # stopped while reconnecting: the stream ends here
-                self._publisher.submit(self._end_marker(carried), queue=self.queue)
+            if carried is not None and self.end_marker:  # stopped while reconnecting: this session ends here
+                self._publisher.submit(self._end_marker(carried, handover=self._handed_over()), queue=self.queue)
             self._set_state(CameraState.FINISHED)
 
     def _session(self) -> str:
@@ -256,14 +258,19 @@ class CameraRunner(threading.Thread):
             reader.join(timeout=0.5 if self._stop_event.is_set() else settings.read_timeout_ms / 1000 + 1)
             if source.live and outcome not in ("stopped", "done", "eof"):
                 self._carried = last or carried  # a lost connection: the next one continues this session
-            elif last is not None and self.end_marker:  # the stream ended: say so in the stream (never blocks)
-                self._publisher.submit(self._end_marker(last), queue=self.queue)
+            elif last is not None and self.end_marker:  # the session ended: say so in the stream (never blocks)
+                # a live camera this runner was told to let go of goes on elsewhere: a handover, not its end
+                self._publisher.submit(self._end_marker(last, handover=source.live and self._handed_over()), queue=self.queue)
         if outcome.startswith("stream lost"):
             log.warning("camera stream lost", extra={**self._log, "session": session, "error": str(reader.error)})
         return outcome
 
-    def _end_marker(self, last: OutgoingFrame) -> OutgoingFrame:
-        return OutgoingFrame(last.camera, last.intersection, last.session, last.capture_ms, last.width, last.height, b"", end=True)
+    def _handed_over(self) -> bool:
+        """This live camera was let go of (told to stop) and goes on elsewhere: not the end of its stream."""
+        return self._stop_event.is_set() and self.handover
+
+    def _end_marker(self, last: OutgoingFrame, handover: bool = False) -> OutgoingFrame:
+        return OutgoingFrame(last.camera, last.intersection, last.session, last.capture_ms, last.width, last.height, b"", end=True, handover=handover)
 
     def _publish(self, session: str, capture_ms: int, image: object) -> OutgoingFrame | None:
         """Encode and queue one frame; the frame, or None when it could not be encoded."""
@@ -349,8 +356,10 @@ class IngestService:
             if not runners:
                 return
             deadline = time.monotonic() + self.settings.release_timeout_ms / 1000
+            # moved to another replica: handed over; released by this replica's shutdown: as configured
+            handover = self.settings.handover_on_stop or not self._stop.is_set()
             for runner in runners:
-                runner.stop(end_marker=flush)
+                runner.stop(end_marker=flush, handover=handover)
             # a streaming runner ends its session within a frame (end marker queued); one blocked in
             # an open is not waited for: it publishes nothing and exits when the open returns. Fenced
             # (no flush): nothing is waited for, closing the queues is what stops the frames.
@@ -436,7 +445,7 @@ class IngestService:
             runners = list(self.runners.values())
             retired, self._retired = [r for r in self._retired if r.is_alive()], []
         for runner in runners:
-            runner.stop()
+            runner.stop(handover=self.settings.handover_on_stop)
         for runner in runners:
             runner.join(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.publisher.close(max(0.5, deadline - time.monotonic()))

@@ -40,6 +40,15 @@ class IngestSettings(BaseSettings):
     backoff_initial_s: float = Field(default=0.5, gt=0, description="first wait before reconnecting a camera or the broker (s)")
     backoff_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnects (s); waits double up to it, with jitter")
     shutdown_deadline_s: float = Field(default=10.0, gt=0, description="on SIGTERM, time allowed to flush queued frames to Kafka (s)")
+    handover_on_stop: bool = Field(
+        default=True,
+        description=(
+            "on SIGTERM, a live camera is handed over, not ended: its sessions' end markers say handover, because the camera goes on "
+            "(a rolling update, a scale-in), so the aggregator closes its intervals by time and the next session's crossings in them "
+            "count; false: a stop is the end of the cameras' streams and their intervals are made final at once (a demo, a site "
+            "taken down). A camera moved to another replica is always handed over; files always end"
+        ),
+    )  # fmt: skip
     max_frames: int = Field(default=0, ge=0, description="stop a camera after this many frames were published (0 = unlimited)")
     max_unacked_frames: int = Field(default=64, ge=1, description="frames per camera handed to the producer but not yet acknowledged, at most")
     linger_ms: int = Field(default=5, ge=0, description="producer linger (ms): small, frames are large")

@@ -37,6 +37,7 @@ MAX_FRAME_SIDE = 16384
 
 FRAME_HEADER_NAMES = ("camera", "intersection", "session", "seq", "capture_ms", "width", "height")
 END_OF_SESSION_HEADER = "end-of-session"
+HANDOVER_HEADER = "handover"
 UNCHANGED_SINCE_HEADER = "unchanged-since"
 
 
@@ -56,6 +57,11 @@ class FrameHeaders:
             sent when a stream ends (file done, stream lost, shutdown). It lets the aggregator end
             the session's tracks by the data instead of by a wall-clock timeout, so a slow or
             restarted worker never changes counts.
+        handover: only with ``end``: the ingester let go of a live camera (it was stopped: a
+            rolling update, a scale-in, the camera moved to another replica) and the camera goes on
+            in a new session elsewhere. The session's tracks end as at any marker, but the
+            camera's intersection does not take it as the end of the stream: its intervals close by
+            time, so the next session's crossings in them still count.
         unchanged_since: set on an **unchanged frame**: the ingester found it (nearly) identical to
             frame ``unchanged_since`` of the same session, the last one it sent with its JPEG, and
             sent no JPEG (empty value). Workers skip the model; the aggregator reuses that frame's
@@ -72,12 +78,13 @@ class FrameHeaders:
     height: int
     end: bool = False
     unchanged_since: int | None = None
+    handover: bool = False
 
     def to_kafka(self) -> list[tuple[str, bytes]]:
         """Headers as kafka-python / aiokafka want them."""
         headers = [(name, str(getattr(self, name)).encode()) for name in FRAME_HEADER_NAMES]
         if self.end:
-            return headers + [(END_OF_SESSION_HEADER, b"1")]
+            return headers + [(END_OF_SESSION_HEADER, b"1")] + ([(HANDOVER_HEADER, b"1")] if self.handover else [])
         if self.unchanged_since is not None:
             return headers + [(UNCHANGED_SINCE_HEADER, str(self.unchanged_since).encode())]
         return headers + [("content-type", b"image/jpeg")]
@@ -86,10 +93,12 @@ class FrameHeaders:
     def from_kafka(cls, headers: list[tuple[str, bytes]] | None) -> "FrameHeaders":
         """Parse and validate headers; raise ContractError naming the first bad one."""
         found: dict[str, str] = {}
-        end = False
+        end = handover = False
         for name, value in headers or []:
             if name == END_OF_SESSION_HEADER:
                 end = value in (b"1", "1")
+            elif name == HANDOVER_HEADER:
+                handover = value in (b"1", "1")
             elif name in FRAME_HEADER_NAMES or name == UNCHANGED_SINCE_HEADER:
                 if name in found:  # two values for one header: which one is true is anyone's guess
                     raise ContractError(f"frame header {name!r} appears more than once", "bad_header")
@@ -121,7 +130,7 @@ class FrameHeaders:
                 raise ContractError(f"frame header {UNCHANGED_SINCE_HEADER!r}={found[UNCHANGED_SINCE_HEADER]!r} is not an integer", "bad_header") from exc
             if not 0 <= unchanged < ints["seq"]:
                 raise ContractError(f"frame header {UNCHANGED_SINCE_HEADER!r}={unchanged} must name an earlier seq than {ints['seq']}", "bad_header")
-        return cls(found["camera"], found["intersection"], found["session"], **ints, end=end, unchanged_since=unchanged)
+        return cls(found["camera"], found["intersection"], found["session"], **ints, end=end, unchanged_since=unchanged, handover=end and handover)
 
 
 def _check_identifier(name: str, value: str) -> None:
@@ -204,10 +213,12 @@ class DetectionEvent(_Message):
     """What a worker found in one frame (``traffic.detections``, key = camera id).
 
     ``end_of_session=True`` events carry the seq of the session's end marker and no detections.
+    ``handover=True`` on an end marker: the ingester let go of a live camera that goes on in a new
+    session (see :class:`FrameHeaders`); its intersection's intervals close by time, not here.
     ``reused_from_seq=N`` events are unchanged frames: no model ran and ``detections`` is empty;
     the frame's detections are those of frame N of the session (the aggregator substitutes them).
-    The field is left out of the JSON when unset, so events of inferred frames are byte-for-byte
-    what they were before it existed.
+    Both fields are left out of the JSON when unset, so the other events are byte-for-byte what
+    they were before they existed.
     """
 
     SCHEMA: ClassVar[str] = "traffic.detections.v1"
@@ -227,16 +238,23 @@ class DetectionEvent(_Message):
         default=None, ge=0,
         description="an unchanged frame: no inference ran; its detections are those of this earlier seq of the session (absent = inferred)",
     )  # fmt: skip
+    handover: bool = Field(
+        default=False,
+        description="only on an end marker: the camera goes on in a new session (its ingester was stopped), so its intervals close by time",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _reuse(self) -> "DetectionEvent":
         if self.reused_from_seq is not None and (self.reused_from_seq >= self.seq or self.detections or self.end_of_session):
             raise ValueError("reused_from_seq must name an earlier seq, with no detections of its own and not on an end marker")
+        if self.handover and not self.end_of_session:
+            raise ValueError("handover is only for an end marker (end_of_session=true)")
         return self
 
     def encode(self) -> bytes:
-        """Compact UTF-8 JSON; ``reused_from_seq`` only when set (older readers forbid unknown keys)."""
-        return self.model_dump_json(exclude=None if self.reused_from_seq is not None else {"reused_from_seq"}).encode()
+        """Compact UTF-8 JSON; ``reused_from_seq`` and ``handover`` only when set (older readers forbid unknown keys)."""
+        unset = ({"reused_from_seq"} if self.reused_from_seq is None else set()) | (set() if self.handover else {"handover"})
+        return self.model_dump_json(exclude=unset or None).encode()
 
     @property
     def frame_key(self) -> tuple[str, str, int]:

@@ -1,7 +1,8 @@
 """The detection events a worker publishes: built here only, for the worker and the offline count.
 
 One event per frame (also when nothing was found), and one ``end_of_session`` event for the
-ingester's end-of-session marker, so the aggregator ends the session's tracks by the data. A frame
+ingester's end-of-session marker (with its ``handover`` flag), so the aggregator ends the session's
+tracks by the data. A frame
 the ingester marked unchanged (``unchanged_since``) gets an event without detections that says
 ``reused_from_seq``: the aggregator uses the detections of that earlier frame (docs/contracts.md).
 """
@@ -18,13 +19,14 @@ def detection_event(headers: FrameHeaders, model: str, detections: tuple[Detecti
         camera=headers.camera, intersection=headers.intersection, session=headers.session, seq=headers.seq,
         capture_ms=headers.capture_ms, model=model, width=headers.width, height=headers.height,
         detections=() if headers.end or reused else detections, inference_ms=None if headers.end or reused else inference_ms,
-        end_of_session=headers.end, reused_from_seq=headers.unchanged_since,
+        end_of_session=headers.end, reused_from_seq=headers.unchanged_since, handover=headers.end and headers.handover,
     )  # fmt: skip
 
 
-def end_of_session_headers(last: FrameHeaders, frame_period_ms: int = 0) -> FrameHeaders:
-    """The headers of the marker that follows the session's last frame (the next seq, no image)."""
+def end_of_session_headers(last: FrameHeaders, frame_period_ms: int = 0, handover: bool = False) -> FrameHeaders:
+    """The headers of the marker that follows the session's last frame (the next seq, no image; ``handover``: the camera goes on)."""
     return FrameHeaders(
         camera=last.camera, intersection=last.intersection, session=last.session, seq=last.seq + 1,
         capture_ms=last.capture_ms + frame_period_ms, width=last.width, height=last.height, end=True,
+        handover=handover,
     )  # fmt: skip

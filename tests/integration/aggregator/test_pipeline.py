@@ -91,6 +91,35 @@ def test_counts_match_ground_truth_and_bad_input_goes_to_the_dlq(
     assert aggregator.stop() == 0
 
 
+def test_a_live_camera_handed_over_mid_interval_loses_no_crossing(
+    aggregator: Aggregator, kafka_bootstrap: str, topic_settings: TopicSettings
+) -> None:
+    """An ingester stopped on a live camera (a rolling update) ends its session with a handover marker.
+
+    The next ingester goes on in a new session inside the same intervals. Before handover markers,
+    the end marker made the intersection's intervals final, and every crossing of the new session
+    in them was dropped as late (the 30-minute soak's counts were off by this).
+    """
+    first = synthetic_stream(per_movement=1, session="before-update").events
+    last = first[-1]
+    handover = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": True})
+    second = synthetic_stream(per_movement=1, session="after-update", start_ms=last.capture_ms + 2_000, seed=8).events
+    end = second[-1].model_copy(update={"seq": second[-1].seq + 1, "detections": (), "end_of_session": True})  # the recording's real end
+    events = [*first, handover, *second, end]
+    counter = CameraCounter(synthetic_site(), CAMERA)
+    expected = final_counts([c for e in events for c in counter.update(e)] + counter.finish(), synthetic_site().counting.intervals_s)
+    assert {k.interval_start_ms for k in expected if k.interval_s == 900} == {first[0].capture_ms // 900_000 * 900_000}  # one 15-min interval
+    out = Output(kafka_bootstrap, topic_settings)
+    try:
+        aggregator.start()
+        send(kafka_bootstrap, topic_settings.detections, events)
+        finals = out.wait_finals(sum(n for k, n in expected.items() if k.interval_s == 900), aggregator, timeout_s=90)
+        assert finals == expected  # both sessions, every interval: nothing dropped as late
+        assert "late crossing for a final interval" not in aggregator.logs()
+    finally:
+        out.close()
+
+
 def test_restart_mid_stream_gives_the_same_final_counts(
     tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings, stream: SyntheticStream, expected: dict[CountKey, int]
 ) -> None:

@@ -3,7 +3,8 @@
 Run with ``pytest -m slow tests/integration/aggregator/test_soak.py`` (``TRAFFIC_SOAK_S`` sets the
 duration, default 1800). One camera at 10 fps with capture time = now, a new stream session every
 ~25 s (synthetic vehicles, about 1 per second), so intervals close, state is purged and sessions
-come and go all the time, as on a live intersection. Every minute the test samples the
+come and go all the time, as on a live intersection whose ingester is restarted again and again
+(each session ends with the handover marker an ingester stopped by SIGTERM sends for a live camera). Every minute the test samples the
 aggregator's resident memory and the size of the camera's checkpoint; the last third of the run
 must not be above the first third (after a warm-up) beyond a margin, and the final counts must
 equal the plain counting loop's.
@@ -62,9 +63,9 @@ def test_soak_memory_and_state_stay_flat(tmp_path: Path, kafka_bootstrap: str, t
                         continue
                     rss = psutil.Process(agg.proc.pid).memory_info().rss / 1e6
                     samples.append((time.monotonic() - started, rss, _metric(text, "traffic_aggregator_state_bytes")))
-            # the session's end marker, as the ingester sends it
+            # the session's end marker, as an ingester stopped on a live camera sends it (a rolling update)
             last = stream[-1]
-            end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True})
+            end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": True})
             producer.send(topic_settings.detections, key=end.camera.encode(), value=end.encode())
             sent.append(end)
         producer.flush()

@@ -249,6 +249,8 @@ def test_replicas_share_cameras_and_never_read_one_twice(
     # graceful moves (the join) ended their sessions with an end-of-session marker; the kill did not
     markers = {r.h.session for r in records if r.h.end}
     assert all(before_join[c] in markers for c in joined), "a released camera's session has no end marker"
+    released = [r.h for r in records if r.h.end and r.h.session in {before_join[c] for c in joined}]
+    assert all(h.handover for h in released), "a live camera moved to another replica goes on: its marker must say handover"
     assert not any(before_kill[c] in markers for c in moved), "a killed replica cannot have sent end markers"
     print(f"\ntake-over after kill -9: {takeover_s:.1f} s (bound {TAKEOVER_BOUND_S:.0f} s); frozen replica's cameras moved "
           f"{len(frozen_cameras)}, late frames {len(late)}; frozen for {thawed_at - frozen_at:.1f} s")

@@ -105,6 +105,7 @@ def test_file_as_fast_as_possible_is_complete_and_matches_sample_file(
     headers = [FrameHeaders.from_kafka(r.headers) for r in records]
     (marker,) = _markers(kafka_settings, topic_settings.frames)  # the session ends with one end-of-session marker
     assert (marker.session, marker.seq) == (headers[0].session, 40) and marker.capture_ms >= headers[-1].capture_ms
+    assert not marker.handover  # the stream is over (a file played out), not handed to another ingester
     assert {r.key for r in records} == {b"cam-1"}
     assert {(h.camera, h.intersection) for h in headers} == {("cam-1", "it-1")}
     assert len({h.session for h in headers}) == 1

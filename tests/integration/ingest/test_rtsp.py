@@ -168,6 +168,7 @@ def test_rtsp_stream_outage_and_secrets(
     by_session: dict[str, list[FrameHeaders]] = defaultdict(list)
     markers = [FrameHeaders.from_kafka(r.headers) for r in records if FrameHeaders.from_kafka(r.headers).end]
     assert [m.session for m in markers] == [first_session], "expected one end marker, at the stop"
+    assert markers[0].handover, "a live camera's ingester stopped: the camera goes on, the marker must say handover"
     assert FrameHeaders.from_kafka(records[-1].headers).end, "the end marker is the session's last record"
     records = [r for r in records if not FrameHeaders.from_kafka(r.headers).end]  # frames, not end markers
     for record in records:

@@ -16,7 +16,7 @@ from aggregator import checkpoint
 from aggregator.camera_shard import CameraShard, Effect, Record
 from aggregator.counting import CameraCounter
 from aggregator.counting_pool import CountingPool, ShardConfig
-from aggregator.records import FinishMessage, encode
+from aggregator.records import FinishMessage, StreamMessage, decode_intersection, encode
 from aggregator.settings import AggregatorSettings
 from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
 from traffic.partitions import camera_partition
@@ -64,6 +64,24 @@ def test_the_shard_counts_what_the_plain_counter_loop_counts(events: list[Detect
     sends = [e for e in effects if e[0] == "send"]
     assert sum(1 for e in sends if e[1] == "by_intersection") > len(expected)  # each crossing, plus watermarks and the stream state
     assert sum(e[3] for e in effects if e[:2] == ("inc", "events")) == len(events)
+
+
+def test_a_handover_marker_ends_the_tracks_but_not_the_stream_for_the_intersection(events: list[DetectionEvent]) -> None:
+    """A live camera whose ingester was stopped goes on in a new session: its intervals must not be made final at the marker."""
+
+    def streams(handover: bool) -> tuple[list[bool], list[CrossingEvent]]:
+        shard = _shard()
+        last = events[-1]
+        end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": handover})
+        effects = [e for i, event in enumerate([*events, end]) for e in shard.process(_record(event, i))]
+        sent = [decode_intersection(e[3]) for e in effects if e[0] == "send" and e[1] == "by_intersection"]
+        return [m.ended for m in sent if isinstance(m, StreamMessage)], _crossings(effects)
+
+    ended, crossings = streams(handover=False)
+    handed_over, crossings_handed_over = streams(handover=True)
+    assert ended[-1] is True  # the stream's real end: the intersection may close its intervals now
+    assert True not in handed_over  # a handover: they close by time
+    assert crossings_handed_over == crossings and crossings  # the tracks end at either marker
 
 
 def test_bad_records_are_dead_letters_with_their_reasons(events: list[DetectionEvent]) -> None:

@@ -156,3 +156,27 @@ def test_reused_from_seq_is_left_out_when_unset_and_checked_when_set() -> None:
     for bad in ({"reused_from_seq": 5}, {"reused_from_seq": 2, "detections": (car,)}, {"reused_from_seq": 2, "end_of_session": True}):
         with pytest.raises(ValueError):
             _event(5, **bad)
+
+
+# -- handover markers (an ingester let go of a live camera, docs/contracts.md "End of a session") ---
+
+
+def test_handover_marker_headers_round_trip_and_need_an_end_marker() -> None:
+    marker = FrameHeaders("cam", "x1", "s1", 7, UNCHANGED_T0, 640, 480, end=True, handover=True)
+    raw = marker.to_kafka()
+    assert ("end-of-session", b"1") in raw and ("handover", b"1") in raw
+    assert FrameHeaders.from_kafka(raw) == marker
+    plain = FrameHeaders("cam", "x1", "s1", 7, UNCHANGED_T0, 640, 480, end=True)
+    assert ("handover", b"1") not in plain.to_kafka() and not FrameHeaders.from_kafka(plain.to_kafka()).handover
+    # a handover header on a frame that is no marker means nothing
+    frame = FrameHeaders("cam", "x1", "s1", 7, UNCHANGED_T0, 640, 480).to_kafka() + [("handover", b"1")]
+    assert not FrameHeaders.from_kafka(frame).handover
+
+
+def test_handover_is_left_out_when_unset_and_only_allowed_on_an_end_marker() -> None:
+    marker = _event(5, end_of_session=True)
+    assert b"handover" not in marker.encode()  # markers of a stream's real end: the bytes of before the field existed
+    handover = _event(5, end_of_session=True, handover=True)
+    assert b'"handover":true' in handover.encode() and DetectionEvent.decode(handover.encode()) == handover
+    with pytest.raises(ValueError):
+        _event(5, handover=True)
