@@ -28,7 +28,6 @@ replayed events are sent again; the intersection stage counts each event id once
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -57,7 +56,7 @@ class CameraStage:
         self.settings = topo.settings
         self._control_topic = topo.camera_control.get_topic_name()
         config = ShardConfig(topo.settings, topo.topic_settings, topo.site, topo.partitions, self._control_topic)
-        self.pool = CountingPool(config, topo.settings.counting_processes, topo.settings.counting_in_flight, self.apply)
+        self.pool = CountingPool(config, topo.settings.counting_processes, topo.settings.counting_in_flight, self.apply, topo.settings.counting_in_flight_bytes)
         self._roles = {"crossings": topo.crossings_out, "by_intersection": topo.by_intersection, "dlq": topo.dlq_out}
         self._metric_children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._restored: set[str] = set()  # cameras whose checkpoint the pool has been given since the last assignment
@@ -97,7 +96,7 @@ class CameraStage:
                     await self.pool.submit(record)
 
         app.sensors.add(_CheckpointOnCommit(self))
-        self.pool.start(self._commit_soon)  # now, before faust starts: returns once the counting processes are ready
+        self.pool.start()  # now, before faust starts: returns once the counting processes are ready
 
         @app.on_partitions_revoked.connect
         async def forget(*args: Any, **kwargs: Any) -> None:
@@ -113,9 +112,6 @@ class CameraStage:
         self.pool.reset()
         self._restored.clear()
         self._loaded = False
-
-    def _commit_soon(self) -> None:
-        asyncio.ensure_future(self.topo.app.consumer.commit())
 
     # -- effects -----------------------------------------------------------------------------
     def apply(self, effects: list[Effect]) -> bool:

@@ -13,7 +13,9 @@ Ordering and delivery (the same as in the loop):
 * Records are sharded by partition (``partition % processes``), and a camera's records are all
   on its partition: one process sees all of a camera's records, in partition order. Replies come
   back in request order, so effects are applied in record order.
-* At most ``counting_in_flight`` records per process are handed over and not yet answered.
+* At most ``counting_in_flight`` records (and ``counting_in_flight_bytes`` of them) per process
+  are handed over and not yet answered: enough that the process does not wait for the loop, few
+  enough that a commit (which waits for them) is not held up long by a dense scene.
 * When faust commits, :meth:`CountingPool.checkpoint` asks every process for its checkpoints and
   waits (blocking: faust's commit hook is synchronous) until every reply before it is applied:
   the checkpoints then cover every record faust acked, as in the loop.
@@ -75,7 +77,7 @@ class ShardConfig:
 class _Child:
     """One counting process and its two pipes."""
 
-    def __init__(self, index: int, config: ShardConfig, in_flight: int) -> None:
+    def __init__(self, index: int, config: ShardConfig, in_flight: int, in_flight_bytes: int) -> None:
         self.index = index
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -92,32 +94,35 @@ class _Child:
         self.inp = Connection(from_child_r, writable=False)
         self.pending: collections.deque[tuple[str, asyncio.Future[Any] | None]] = collections.deque()
         self.slots = asyncio.Semaphore(in_flight)
+        self.budget = in_flight_bytes
+        self.bytes = 0  # of the records in flight
+        self.sizes: collections.deque[int] = collections.deque()  # of each record in flight, in order
+        self.room = asyncio.Event()  # set when a record's reply came
         self.out.send_bytes(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class CountingPool:
     """The camera shards of one aggregator worker (see the module docstring)."""
 
-    def __init__(self, config: ShardConfig, processes: int, in_flight: int, apply: Apply) -> None:
+    def __init__(self, config: ShardConfig, processes: int, in_flight: int, apply: Apply, in_flight_bytes: int = 256 * 1024) -> None:
         self.config = config
         self.processes = processes
         self.in_flight = in_flight
+        self.in_flight_bytes = in_flight_bytes
         self.apply = apply
         self._children: list[_Child] = []
         self._inline: CameraShard | None = None
-        self._commit_soon: Callable[[], None] = lambda: None
         self._attached = False
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------------
-    def start(self, commit_soon: Callable[[], None]) -> None:
+    def start(self) -> None:
         """Start the counting processes and wait until each has imported the counting core (before faust starts)."""
-        self._commit_soon = commit_soon
         if self.processes == 0:
             self._inline = self.config.build()
             return
         for index in range(self.processes):
-            self._children.append(_Child(index, self.config, self.in_flight))
+            self._children.append(_Child(index, self.config, self.in_flight, self.in_flight_bytes))
         atexit.register(self.close)  # after faust's last commit (and its checkpoints): the processes go with us
         # Wait until they have imported the counting core, before faust starts: a worker that joins
         # its group and recovers while its stage cannot take records yet stalled after some abrupt
@@ -128,7 +133,7 @@ class CountingPool:
                 pickle.loads(child.inp.recv_bytes())  # noqa: S301 - ("ready",)
             except (EOFError, OSError) as exc:
                 self._died(child, exc)
-        log.info("counting processes started", extra={"processes": self.processes, "pids": [c.proc.pid for c in self._children], "in_flight": self.in_flight})
+        log.info("counting processes started", extra={"processes": self.processes, "pids": [c.proc.pid for c in self._children], "in_flight": self.in_flight, "in_flight_bytes": self.in_flight_bytes})
 
     def _attach(self) -> None:
         """Read the replies from inside the event loop (once, from the first request made in it)."""
@@ -145,13 +150,21 @@ class CountingPool:
 
     # -- requests ------------------------------------------------------------------------------
     async def submit(self, record: Record) -> None:
-        """Hand a record over; its effects are applied when its reply comes (in record order)."""
+        """Hand a record over; its effects are applied when its reply comes (in record order).
+
+        For detection events only: they never ask for a commit (a finish does, and goes through :meth:`call`).
+        """
         if self._inline is not None:
-            if self.apply(self._inline.process(record)):
-                self._commit_soon()
+            self.apply(self._inline.process(record))
             return
         child = self._child_of(record.partition)
         await child.slots.acquire()
+        size = len(record.value or b"")
+        while child.bytes and child.bytes + size > child.budget:
+            child.room.clear()
+            await child.room.wait()
+        child.bytes += size
+        child.sizes.append(size)
         self._send(child, ("rec", record), "rec", None)
 
     async def call(self, record: Record) -> bool:
@@ -242,8 +255,9 @@ class CountingPool:
         kind, fut = child.pending.popleft()
         if kind == "rec":
             child.slots.release()
-            if self.apply(reply):
-                self._commit_soon()
+            child.bytes -= child.sizes.popleft()
+            child.room.set()
+            self.apply(reply)
         elif kind == "call":
             assert fut is not None
             asked = self.apply(reply)

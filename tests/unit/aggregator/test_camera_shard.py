@@ -165,15 +165,15 @@ def test_the_counting_process_gives_the_effects_the_loop_gives(events: list[Dete
 
         return [one(e) for e in effects]
 
-    async def run(processes: int) -> list[Effect]:
+    async def run(processes: int, in_flight_bytes: int = 256 * 1024) -> list[Effect]:
         applied: list[Effect] = []
 
         def apply(effects: list[Effect]) -> bool:
             applied.extend(strip(effects))
             return False
 
-        pool = CountingPool(config, processes, in_flight=4, apply=apply)
-        pool.start(lambda: None)
+        pool = CountingPool(config, processes, in_flight=4, apply=apply, in_flight_bytes=in_flight_bytes)
+        pool.start()
         await pool.ready()
         for i, record in enumerate(records):
             await pool.submit(record)
@@ -187,4 +187,5 @@ def test_the_counting_process_gives_the_effects_the_loop_gives(events: list[Dete
 
     inline, process = asyncio.run(run(0)), asyncio.run(run(1))
     assert process == inline
+    assert asyncio.run(run(1, in_flight_bytes=1024)) == inline  # a budget below one record: one at a time, the same effects
     assert [e[2] for e in inline if e[:2] == ("inc", "dlq")] == [("malformed",)]
