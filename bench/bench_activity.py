@@ -117,7 +117,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.videos:
             if name == EMPTY_ROAD:
-                from tests.integration.test_count_synthetic import make_video
+                from tests.integration.offline.test_count_synthetic import make_video
 
                 video = make_video(shared_dir() / "videos" / "intersection.mp4", Path(tmp) / "empty_road.mp4", [], total_frames=900, fps=30)
                 site_path, camera, labelled = site_for(shared_dir() / "videos" / "intersection.mp4", Path(tmp))

@@ -142,7 +142,7 @@ def scenario(name: str, video: Path, broker: LocalBroker, out: Path, idle_s: flo
 
 def empty_road(out: Path) -> Path:
     """The sample intersection with its traffic removed, 30 s at 30 fps (tests/integration/offline/test_count_synthetic.py)."""
-    from tests.integration.test_count_synthetic import make_video
+    from tests.integration.offline.test_count_synthetic import make_video
 
     return make_video(shared_dir() / "videos" / "intersection.mp4", out, [], total_frames=900, fps=30)
 
@@ -186,7 +186,7 @@ def table(results: list[dict], agg_commit: str, agg_ms: float | None) -> str:
         "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"{agg_line} A worker saturated by a backlog (## Worker) spends less CPU per frame than at one camera's 10 fps, "
+        f"{agg_line} A worker saturated by a backlog (section Worker) spends less CPU per frame than at one camera's 10 fps, "
         f"where every poll carries one frame; the figures here are what a camera costs in steady operation. The "
         f"ingester's figure includes decoding every frame of the 30 fps source (sampling keeps 10).",
         "",
@@ -205,7 +205,7 @@ def table(results: list[dict], agg_commit: str, agg_ms: float | None) -> str:
         "",
         "**GPU node (on paper, not measured: no GPU machine was available).** Assumptions, labelled as such: an NVIDIA "
         "T4 runs YOLO11n FP16 at batch 8 at roughly 400-600 frames/s of model time (vendor-class figures, not ours); "
-        "the worker's non-model CPU per frame is what ## Worker measures here for decode, fetch, pre/post-processing, "
+        "the worker's non-model CPU per frame is what the Worker section measures here for decode, fetch, pre/post-processing, "
         "serialize and produce (about 4-6 ms; on a GPU, letterbox and NMS still run partly on the CPU). A GPU "
         "replica with 4 CPU cores is then CPU-bound near 600-800 frames/s, i.e. about 60-80 cameras at 10 fps per "
         "T4 (busy scenes), against about "

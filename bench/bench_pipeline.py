@@ -121,7 +121,7 @@ def main() -> int:
         f"{worker_cpu_ms} ms + ingest {ingest_cpu_ms} ms + aggregator {agg_cpu_ms} ms = "
         f"{worker_cpu_ms + ingest_cpu_ms + agg_cpu_ms:.1f} ms of CPU per frame; a 640x480 camera at 10 fps needs "
         f"{per_camera_cores:.2f} cores, so one 2-core machine sustains about {2 / per_camera_cores:.1f} cameras with all "
-        f"services on it, or {int(40.9 / 10)} cameras per CPU worker replica (40.9 frames/s, ## Worker) when ingest and "
+        f"services on it, or {int(40.9 / 10)} cameras per CPU worker replica (40.9 frames/s, section Worker) when ingest and "
         "aggregator run elsewhere. The pipeline's end-to-end rate above is the ceiling with everything sharing two cores.",
         "",
         "**GPU node (on paper, not measured here: no GPU machine was available).** Assumption: an NVIDIA T4 runs YOLO11n "
