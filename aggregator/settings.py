@@ -43,7 +43,7 @@ class AggregatorSettings(BaseSettings):
     changelog_segment_s: int = Field(default=600, ge=60, description="segment length of the tables' changelog topics (s): compaction only cleans closed segments, so this bounds what a restart replays")
     group_instance_id: str = Field(default="", description="Kafka static group membership id (stable per replica, e.g. the pod name): a restarted worker gets its partitions back at once. Empty = dynamic membership")
     counting_processes: int = Field(default=1, ge=0, le=64, description="processes that count cameras beside the event loop, cameras sharded by partition (one per core the pod may use, beside the loop's own); 0 = count in the event loop")
-    counting_in_flight: int = Field(default=32, ge=1, le=1024, description="records handed to a counting process and not yet answered, at most; a commit waits for them. Enough that the process never waits for the event loop (8 left it idle about a fifth of the time on sparse scenes)")
+    counting_in_flight: int = Field(default=32, ge=1, le=1024, description="records handed to a counting process and not yet answered, at most; a commit waits for them. Enough that the process seldom waits for the event loop (with 8 it sat idle about a fifth of the time on sparse scenes)")
     counting_in_flight_bytes: int = Field(default=256 * 1024, ge=1024, description="bytes of records handed to a counting process and not yet answered, at most (one record always goes): dense scenes cost time per box, so this bounds the wait of a commit (bytes)")
     session_timeout_s: float = Field(default=10.0, ge=6, le=300, description="consumer group session timeout (s): how long a vanished worker holds its partitions")
 
