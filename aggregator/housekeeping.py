@@ -66,8 +66,7 @@ class Housekeeping:
             await self.topo.by_intersection.send(key=intersection.encode(), value=encode(CloseMessage(intersection=intersection)))
         if now - self.last_provisional >= settings.provisional_interval_s:
             self.last_provisional = now
-            for key, count in self.intersections.store.provisional():
-                await self.intersections.publish_count(key, count, final=False)
+            await self.intersections.publish_provisional()
         watermarks = [wm for _, wm in self.topo.tables.watermarks.items()]
         if watermarks:
             self.metrics.window_lag.set(max(0.0, time.time() - min(watermarks) / 1000))

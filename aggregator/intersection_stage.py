@@ -15,6 +15,7 @@ repeats a final record rather than losing it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -46,6 +47,10 @@ class IntersectionStage:
         tables = topo.tables
         self.store = WindowStore(tuple(counting.intervals_s), counting.grace_s, cells=tables.windows, seen=tables.seen, watermarks=tables.watermarks)
         self.limits = topo.settings.capture_limits()
+        # Final and provisional records are sent with awaits in between: without this lock a
+        # provisional batch computed before a close could be sent after its final records (a
+        # consumer would see an interval go back from final to provisional; seen in a KEDA run).
+        self._publishing = asyncio.Lock()
         self.intersections = {inter.id: [cam.id for cam in inter.cameras] for inter in topo.site.intersections}
         self.last_wall: dict[str, float] = {}  # intersection -> last message (wall clock, monotonic)
         self.camera_last_wall: dict[str, float] = {}
@@ -155,9 +160,17 @@ class IntersectionStage:
             self.store.purge(intersection)
 
     async def publish_final(self, keys: list[CountKey]) -> None:
-        for key, count in self.store.closable(keys):
-            await self.publish_count(key, count, final=True)
-        self.store.close(keys)
+        """Send the final record of each closable key, then mark the keys final (a crash in between repeats, never loses, a final)."""
+        async with self._publishing:
+            for key, count in self.store.closable(keys):
+                await self.publish_count(key, count, final=True)
+            self.store.close(keys)
+
+    async def publish_provisional(self) -> None:
+        """Send a provisional record of every open cell changed since the last call; never after that cell's final one."""
+        async with self._publishing:  # computed after any close in progress: a key closed meanwhile is no longer dirty
+            for key, count in self.store.provisional():
+                await self.publish_count(key, count, final=False)
 
     async def publish_count(self, key: CountKey, count: int, final: bool) -> None:
         await self.topo.counts_out.send(key=key.intersection.encode(), value=key.record(count, final).encode())
