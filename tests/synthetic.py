@@ -214,3 +214,10 @@ def crowd_boxes(n: int) -> list[tuple[float, float, float, float]]:
     start 0.3 from the corners; the vehicles' curves stay inside 0.3..0.7 there)."""
     assert 0 <= n <= CROWD_MAX, f"crowd must be 0..{CROWD_MAX}"
     return _crowd_grid()[:n]
+
+
+def end_marker(last: DetectionEvent, handover: bool = False, period_ms: int = 0) -> DetectionEvent:
+    """The end-of-session event after ``last``, as the worker passes the ingester's marker on (``handover``: the camera goes on)."""
+    return last.model_copy(
+        update={"seq": last.seq + 1, "capture_ms": last.capture_ms + period_ms, "detections": (), "end_of_session": True, "handover": handover}
+    )

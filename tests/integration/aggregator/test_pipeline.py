@@ -17,7 +17,7 @@ import pytest
 from aggregator.counting import CameraCounter
 from aggregator.windows import CountKey, final_counts
 from tests.integration.aggregator.harness import Aggregator, Output, committed, send, totals
-from tests.synthetic import CAMERA, INTERSECTION, SyntheticStream, synthetic_site, synthetic_stream
+from tests.synthetic import CAMERA, INTERSECTION, SyntheticStream, end_marker, synthetic_site, synthetic_stream
 from traffic.settings import TopicSettings
 
 
@@ -102,9 +102,9 @@ def test_a_live_camera_handed_over_mid_interval_loses_no_crossing(
     """
     first = synthetic_stream(per_movement=1, session="before-update").events
     last = first[-1]
-    handover = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": True})
+    handover = end_marker(last, handover=True)
     second = synthetic_stream(per_movement=1, session="after-update", start_ms=last.capture_ms + 2_000, seed=8).events
-    end = second[-1].model_copy(update={"seq": second[-1].seq + 1, "detections": (), "end_of_session": True})  # the recording's real end
+    end = end_marker(second[-1])  # the recording's real end
     events = [*first, handover, *second, end]
     counter = CameraCounter(synthetic_site(), CAMERA)
     expected = final_counts([c for e in events for c in counter.update(e)] + counter.finish(), synthetic_site().counting.intervals_s)

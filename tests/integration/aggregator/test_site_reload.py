@@ -28,7 +28,7 @@ from aggregator.counting import CameraCounter
 from aggregator.windows import CountKey, final_counts
 from tests.configmap import ConfigMapVolume
 from tests.integration.aggregator.harness import Aggregator, Output, committed, send
-from tests.synthetic import SITE, synthetic_stream
+from tests.synthetic import SITE, end_marker, synthetic_stream
 from traffic.settings import TopicSettings
 from traffic.site import parse_site
 from traffic.wire import CrossingEvent, DetectionEvent
@@ -58,7 +58,7 @@ def events_of(camera: str) -> list[DetectionEvent]:
     base = synthetic_stream(per_movement=2).events
     events = [e.model_copy(update={"camera": camera, "intersection": f"intersection-{camera[-1]}"}) for e in base]
     last = events[-1]
-    return events + [last.model_copy(update={"seq": last.seq + 1, "capture_ms": last.capture_ms + 100, "detections": (), "end_of_session": True})]
+    return events + [end_marker(last, period_ms=100)]
 
 
 def undisturbed(site: dict, camera: str, events: list[DetectionEvent]) -> list[CrossingEvent]:

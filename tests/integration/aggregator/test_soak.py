@@ -24,7 +24,7 @@ from kafka import KafkaProducer
 from aggregator.counting import CameraCounter
 from aggregator.windows import final_counts
 from tests.integration.aggregator.harness import Aggregator, Output
-from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
+from tests.synthetic import CAMERA, end_marker, synthetic_site, synthetic_stream
 from traffic.settings import TopicSettings
 from traffic.wire import DetectionEvent
 
@@ -64,8 +64,7 @@ def test_soak_memory_and_state_stay_flat(tmp_path: Path, kafka_bootstrap: str, t
                     rss = psutil.Process(agg.proc.pid).memory_info().rss / 1e6
                     samples.append((time.monotonic() - started, rss, _metric(text, "traffic_aggregator_state_bytes")))
             # the session's end marker, as an ingester stopped on a live camera sends it (a rolling update)
-            last = stream[-1]
-            end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": True})
+            end = end_marker(stream[-1], handover=True)
             producer.send(topic_settings.detections, key=end.camera.encode(), value=end.encode())
             sent.append(end)
         producer.flush()

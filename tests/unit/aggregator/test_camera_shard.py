@@ -18,7 +18,7 @@ from aggregator.counting import CameraCounter
 from aggregator.counting_pool import CountingPool, ShardConfig
 from aggregator.records import FinishMessage, StreamMessage, decode_intersection, encode
 from aggregator.settings import AggregatorSettings
-from tests.synthetic import CAMERA, synthetic_site, synthetic_stream
+from tests.synthetic import CAMERA, end_marker, synthetic_site, synthetic_stream
 from traffic.partitions import camera_partition
 from traffic.settings import TopicSettings
 from traffic.wire import CrossingEvent, DetectionEvent
@@ -72,7 +72,7 @@ def test_a_handover_marker_ends_the_tracks_but_not_the_stream_for_the_intersecti
     def streams(handover: bool) -> tuple[list[bool], list[CrossingEvent]]:
         shard = _shard()
         last = events[-1]
-        end = last.model_copy(update={"seq": last.seq + 1, "detections": (), "end_of_session": True, "handover": handover})
+        end = end_marker(last, handover=handover)
         effects = [e for i, event in enumerate([*events, end]) for e in shard.process(_record(event, i))]
         sent = [decode_intersection(e[3]) for e in effects if e[0] == "send" and e[1] == "by_intersection"]
         return [m.ended for m in sent if isinstance(m, StreamMessage)], _crossings(effects)
