@@ -92,11 +92,10 @@ class _Child:
         os.close(from_child_w)
         self.out = Connection(to_child_w, readable=False)
         self.inp = Connection(from_child_r, writable=False)
-        self.pending: collections.deque[tuple[str, asyncio.Future[Any] | None]] = collections.deque()
+        self.pending: collections.deque[tuple[str, asyncio.Future[Any] | None, int]] = collections.deque()  # (kind, future, record bytes)
         self.slots = asyncio.Semaphore(in_flight)
         self.budget = in_flight_bytes
         self.bytes = 0  # of the records in flight
-        self.sizes: collections.deque[int] = collections.deque()  # of each record in flight, in order
         self.room = asyncio.Event()  # set when a record's reply came
         self.out.send_bytes(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -164,8 +163,7 @@ class CountingPool:
             child.room.clear()
             await child.room.wait()
         child.bytes += size
-        child.sizes.append(size)
-        self._send(child, ("rec", record), "rec", None)
+        self._send(child, ("rec", record), "rec", None, size)
 
     async def call(self, record: Record) -> bool:
         """Process one record and wait until its effects are applied; True if they ask for a commit."""
@@ -232,9 +230,9 @@ class CountingPool:
     def _child_of(self, partition: int) -> _Child:
         return self._children[partition % len(self._children)]
 
-    def _send(self, child: _Child, request: tuple[Any, ...], kind: str, fut: asyncio.Future[Any] | None) -> None:
+    def _send(self, child: _Child, request: tuple[Any, ...], kind: str, fut: asyncio.Future[Any] | None, size: int = 0) -> None:
         self._attach()
-        child.pending.append((kind, fut))
+        child.pending.append((kind, fut, size))
         try:
             child.out.send_bytes(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
@@ -252,10 +250,10 @@ class CountingPool:
             reply = pickle.loads(child.inp.recv_bytes())  # noqa: S301 - our own child process
         except (EOFError, OSError) as exc:
             self._died(child, exc)
-        kind, fut = child.pending.popleft()
+        kind, fut, size = child.pending.popleft()
         if kind == "rec":
             child.slots.release()
-            child.bytes -= child.sizes.popleft()
+            child.bytes -= size
             child.room.set()
             self.apply(reply)
         elif kind == "call":

@@ -399,7 +399,7 @@ class FramePublisher:
         unchanged = None if frame.end else queue.gate.unchanged_since(frame.thumb, frame.capture_ms)
         headers = FrameHeaders(
             frame.camera, frame.intersection, queue.session, queue.seq, frame.capture_ms, frame.width, frame.height, end=frame.end,
-            unchanged_since=unchanged, handover=frame.end and frame.handover,
+            unchanged_since=unchanged, handover=frame.handover,
         )  # fmt: skip
         value = b"" if unchanged is not None else frame.jpeg
         assert self._producer is not None

@@ -356,8 +356,7 @@ class IngestService:
             if not runners:
                 return
             deadline = time.monotonic() + self.settings.release_timeout_ms / 1000
-            # moved to another replica: handed over; released by this replica's shutdown: as configured
-            handover = self.settings.handover_on_stop or not self._stop.is_set()
+            handover = self._hands_over()
             for runner in runners:
                 runner.stop(end_marker=flush, handover=handover)
             # a streaming runner ends its session within a frame (end marker queued); one blocked in
@@ -384,6 +383,10 @@ class IngestService:
                 # fenced (lease ended, membership lost): this replica may be cut off, and retries of frames
                 # inside the producer could land long after the next owner's; throw them away
                 self.publisher.abort_unsent()
+
+    def _hands_over(self) -> bool:
+        """Whether cameras let go of now go on elsewhere: always when moved to another replica; at this replica's stop, as configured."""
+        return self.settings.handover_on_stop or not self._stop.is_set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -445,7 +448,7 @@ class IngestService:
             runners = list(self.runners.values())
             retired, self._retired = [r for r in self._retired if r.is_alive()], []
         for runner in runners:
-            runner.stop(handover=self.settings.handover_on_stop)
+            runner.stop(handover=self._hands_over())
         for runner in runners:
             runner.join(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.publisher.close(max(0.5, deadline - time.monotonic()))

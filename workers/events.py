@@ -19,14 +19,13 @@ def detection_event(headers: FrameHeaders, model: str, detections: tuple[Detecti
         camera=headers.camera, intersection=headers.intersection, session=headers.session, seq=headers.seq,
         capture_ms=headers.capture_ms, model=model, width=headers.width, height=headers.height,
         detections=() if headers.end or reused else detections, inference_ms=None if headers.end or reused else inference_ms,
-        end_of_session=headers.end, reused_from_seq=headers.unchanged_since, handover=headers.end and headers.handover,
+        end_of_session=headers.end, reused_from_seq=headers.unchanged_since, handover=headers.handover,
     )  # fmt: skip
 
 
-def end_of_session_headers(last: FrameHeaders, frame_period_ms: int = 0, handover: bool = False) -> FrameHeaders:
-    """The headers of the marker that follows the session's last frame (the next seq, no image; ``handover``: the camera goes on)."""
+def end_of_session_headers(last: FrameHeaders, frame_period_ms: int = 0) -> FrameHeaders:
+    """The headers of the marker that follows the session's last frame (the next seq, no image)."""
     return FrameHeaders(
         camera=last.camera, intersection=last.intersection, session=last.session, seq=last.seq + 1,
         capture_ms=last.capture_ms + frame_period_ms, width=last.width, height=last.height, end=True,
-        handover=handover,
     )  # fmt: skip

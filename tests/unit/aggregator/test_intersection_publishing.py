@@ -9,6 +9,7 @@ here the counts topic is a stand-in whose send yields to the loop as the real on
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 from aggregator.counting import CameraCounter
@@ -25,7 +26,7 @@ class _CountsTopic:
 
     async def send(self, key: bytes, value: bytes) -> None:
         await asyncio.sleep(0)
-        record = __import__("json").loads(value)
+        record = json.loads(value)
         self.sent.append((f"{record['interval_s']}:{record['interval_start_ms']}:{record['series']}:{record['approach']}:"
                           f"{record['movement']}:{record['direction']}:{record['vehicle_class']}", record["final"]))  # fmt: skip
 
