@@ -27,7 +27,7 @@ from devkit.local_pipeline import LocalPipeline, PipelineConfig
 from traffic.site import load_site
 from traffic.wire import DetectionEvent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "sites" / "intersection-demo.yaml"
 

@@ -207,6 +207,7 @@ def sample_frame(shared: Path) -> bytes:
     return _jpeg(image)
 
 
+@pytest.mark.faults
 @pytest.mark.slow  # an offline count and a real-time pipeline run (2-3 min); the decoders' property tests stay in the default suite
 @pytest.mark.timeout(1800)  # an offline count and a real-time pipeline run, on a shared machine
 def test_hostile_records_go_to_the_dlq_and_change_no_count(kafka_bootstrap: str, shared: Path, tmp_path: Path, sample_frame: bytes) -> None:

@@ -103,7 +103,8 @@ def _wait_progress(bootstrap: str, agg: Aggregator, topic: str, beyond: int, tim
     return time.monotonic() - started
 
 
-@pytest.mark.slow  # over 15 s on the shared machine (median 21 s at load 8-17, docs/aggregator.md "Fast recovery"): not in the default suite until it holds
+@pytest.mark.faults
+@pytest.mark.slow  # three restarts (45 s); timed, so it runs after the default suite (-m faults), on a machine the default suite no longer loads
 @pytest.mark.timeout(600)
 def test_kill_9_then_restart_resumes_within_15_s(tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings) -> None:
     """Three ``kill -9`` mid-stream, each followed by a new process with the same group instance id."""
@@ -135,6 +136,7 @@ def test_kill_9_then_restart_resumes_within_15_s(tmp_path: Path, kafka_bootstrap
         agg.kill()
 
 
+@pytest.mark.faults
 @pytest.mark.slow  # ten restarts: minutes; the default suite keeps test_restart_mid_stream_gives_the_same_final_counts
 @pytest.mark.timeout(1800)  # ten restarts on a shared machine
 def test_kill_9_at_random_points_gives_the_undisturbed_counts_and_quick_restarts(
@@ -227,12 +229,14 @@ def _broker_faults(tmp_path: Path, broker: LocalBroker, down_s: float) -> None:
         agg.kill()
 
 
+@pytest.mark.faults
 @pytest.mark.slow  # a broker kill -9 and a 15 s outage with their recoveries: minutes
 @pytest.mark.timeout(1800)
 def test_broker_kill_9_and_outage_give_the_undisturbed_counts(tmp_path: Path, own_broker: LocalBroker) -> None:
     _broker_faults(tmp_path, own_broker, down_s=15)
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_broker_down_60_s_gives_the_undisturbed_counts(tmp_path: Path, own_broker: LocalBroker) -> None:

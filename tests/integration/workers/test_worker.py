@@ -187,7 +187,8 @@ def _wait_committed(kafka: KafkaSettings, group: str, topic: str, beyond: int, p
     return time.monotonic() - started
 
 
-@pytest.mark.slow  # model load dominates a restart: 30 s on the shared machine at load 8 (docs/workers.md "Restart time")
+@pytest.mark.faults
+@pytest.mark.slow  # timed (model load dominates a restart: 11-12 s quiet, 30 s at load 8, docs/workers.md "Restart time"): after the default suite (-m faults)
 @pytest.mark.timeout(600)
 def test_kill_9_then_restart_with_the_same_instance_id_resumes_within_15_s(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
                                                                            shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
