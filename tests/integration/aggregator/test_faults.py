@@ -137,7 +137,7 @@ def test_kill_9_then_restart_resumes_within_15_s(tmp_path: Path, kafka_bootstrap
 
 
 @pytest.mark.faults
-@pytest.mark.slow  # ten restarts: minutes; the default suite keeps test_restart_mid_stream_gives_the_same_final_counts
+@pytest.mark.slow  # ten restarts: minutes (-m faults)
 @pytest.mark.timeout(1800)  # ten restarts on a shared machine
 def test_kill_9_at_random_points_gives_the_undisturbed_counts_and_quick_restarts(
     tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings

@@ -120,6 +120,8 @@ def test_a_live_camera_handed_over_mid_interval_loses_no_crossing(
         out.close()
 
 
+@pytest.mark.faults
+@pytest.mark.slow  # an aggregator restart mid-stream (45 s): the faults stage (-m faults) runs it with the ten kill -9
 def test_restart_mid_stream_gives_the_same_final_counts(
     tmp_path: Path, kafka_bootstrap: str, topic_settings: TopicSettings, stream: SyntheticStream, expected: dict[CountKey, int]
 ) -> None:

@@ -167,6 +167,8 @@ def _hand_over(kafka_settings: KafkaSettings, topic_settings: TopicSettings, sha
         _stop(proc2)
 
 
+@pytest.mark.faults
+@pytest.mark.slow  # a worker kill -9 and restart (30 s): the faults stage (-m faults); SIGTERM stays in the default suite
 def test_kill_9_mid_stream_then_restart_loses_no_frame(kafka_settings: KafkaSettings, topic_settings: TopicSettings,
                                                         shared: Path, model: Path, tmp_path: Path) -> None:  # fmt: skip
     def kill_9(proc: subprocess.Popen) -> None:
