@@ -33,3 +33,8 @@ def pod_selector(workload: dict[str, Any]) -> str:
     """A label selector for the pods of a workload (its template labels)."""
     labels = workload["spec"]["template"]["metadata"]["labels"]
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The status condition ``kind`` (Ready, Active, ...) of a live object, if it has one yet."""
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)

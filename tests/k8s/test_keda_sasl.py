@@ -15,18 +15,17 @@ and asks KEDA's external metrics API what the lag is. With a wrong password KEDA
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-import pytest
 from kubernetes import client
 
 from devkit.acls import provision
 from devkit.broker import LocalBroker
 from devkit.control_plane import apply_objects
 from tests.k8s.conftest import wait_for
-from tests.k8s.manifests import retarget
+from tests.k8s.manifests import condition, retarget
 from traffic import clients
 from traffic.settings import TopicSettings
 from traffic.topics import create_topics
@@ -36,8 +35,9 @@ FRAMES = 57
 SCALER_KINDS = {"Namespace", "ConfigMap", "Secret", "TriggerAuthentication", "ScaledObject"}
 
 
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
+def _scaled_object(api: Any, namespace: str) -> dict[str, Any]:
+    """The live ScaledObject of the workers in ``namespace``."""
+    return client.CustomObjectsApi(api).get_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", "traffic-worker")
 
 
 def _scaler_objects(render: Any, namespace: str, bootstrap: str, topic: str, group: str, password: str, ca: str, worker_password: str) -> list[dict[str, Any]]:
@@ -64,9 +64,7 @@ def _scaler_objects(render: Any, namespace: str, bootstrap: str, topic: str, gro
 
 def _lag(plane: Any, api: Any, namespace: str) -> int | str:
     """What KEDA's metrics adapter says the lag is (frames), or why it says nothing."""
-    custom = client.CustomObjectsApi(api)
-    so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", "traffic-worker")
-    hpa_name = (so.get("status") or {}).get("hpaName")
+    hpa_name = (_scaled_object(api, namespace).get("status") or {}).get("hpaName")
     if not hpa_name:
         return "no HPA yet"
     hpa = api.sanitize_for_serialization(client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler(hpa_name, namespace))
@@ -107,26 +105,24 @@ def test_keda_reads_the_lag_through_sasl_ssl_as_its_least_privilege_user(control
         seen.append(value)
         return value if value == FRAMES else None
 
-    custom = client.CustomObjectsApi(k8s_api)
     try:
         wait_for(lag_read, 120, f"KEDA reporting a lag of {FRAMES} through SASL_SSL")
     finally:
-        live = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", good, "scaledobjects", "traffic-worker")
-        print("KEDA's last answers:", seen[-3:], "ScaledObject status:", live.get("status"))
+        print("KEDA's last answers:", seen[-3:], "ScaledObject status:", _scaled_object(k8s_api, good).get("status"))
 
     def ready_and_active() -> bool:  # Active: the scale loop (every pollingInterval) found the lag above activationLagThreshold (0)
-        so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", good, "scaledobjects", "traffic-worker")
-        return all((_condition(so, kind) or {}).get("status") == "True" for kind in ("Ready", "Active"))
+        so = _scaled_object(k8s_api, good)
+        return all((condition(so, kind) or {}).get("status") == "True" for kind in ("Ready", "Active"))
 
     wait_for(ready_and_active, 90, "the ScaledObject Ready and Active")
 
     # A wrong password: KEDA says so and reads no lag; the password is in no condition it reports.
     def refused() -> dict[str, Any] | None:
-        so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", wrong, "scaledobjects", "traffic-worker")
-        cond = _condition(so, "Ready")
+        so = _scaled_object(k8s_api, wrong)
+        cond = condition(so, "Ready")
         return so if cond and cond["status"] == "False" else None
 
     so = wait_for(refused, 90, "KEDA refusing the ScaledObject with a wrong password")
     assert _lag(control_plane, k8s_api, wrong) != FRAMES
     assert keda_password not in str(so.get("status")) and "not-the-password" not in str(so.get("status"))
-    print("KEDA with a wrong password:", _condition(so, "Ready"))
+    print("KEDA with a wrong password:", condition(so, "Ready"))

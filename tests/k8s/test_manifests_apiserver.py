@@ -17,16 +17,9 @@ from kubernetes import client
 
 from devkit.control_plane import apply_objects
 from tests.k8s.conftest import wait_for
-from tests.k8s.manifests import pod_selector, retarget, workloads
+from tests.k8s.manifests import condition, pod_selector, retarget, workloads
 
 OVERLAYS = ["overlays/cpu", "overlays/gpu", "overlays/cpu-strimzi"]
-
-
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return cond
-    return None
 
 
 def _pod_security_refusals(core: client.CoreV1Api, namespace: str) -> list[str]:
@@ -97,7 +90,7 @@ def test_scaledobject_ready_and_hpa_carries_behaviour(applied, k8s_api, target):
 
         def ready() -> dict[str, Any] | None:
             live = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", name)
-            cond = _condition(live, "Ready")
+            cond = condition(live, "Ready")
             return live if cond and cond["status"] == "True" else None
 
         live = wait_for(ready, 90, f"ScaledObject {namespace}/{name} Ready")
@@ -130,7 +123,7 @@ def test_strimzi_scaledobject_accepted(applied, k8s_api):
 
     def reported():
         so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects", "traffic-worker")
-        cond = _condition(so, "Ready")
+        cond = condition(so, "Ready")
         return cond if cond and cond["status"] == "False" else None
 
     cond = wait_for(reported, 60, "KEDA's verdict on the Strimzi ScaledObject")
